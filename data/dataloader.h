@@ -1,0 +1,50 @@
+// data/dataloader.h: llm.c token shards, read by memory map, served as (input, target) windows of T+1 tokens.
+//
+// Shard format (llm.c): 256 int32 header, then the tokens.
+//   magic 20240520, version 1: uint16 tokens (GPT-2 style shards)
+//   magic 20240801, version 7: uint32 tokens (llm.c's Llama-3 shards)
+//   header[2] = number of tokens; the file is exactly 1024 + n * token_bytes bytes.
+//
+// Order: the shards' windows (stride T) are numbered across all files. A training loader visits them in a fresh
+// random permutation per epoch (from seed and epoch); each step of the whole job takes the next world*B windows
+// and rank r takes its B of them, so the ranks read disjoint data and together read what one process would.
+// The position (epoch, cursor) is all a checkpoint needs to continue exactly.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char* path;
+    int token_bytes;        // 2 or 4
+    size_t n_tokens;
+    const uint8_t* tokens;  // n_tokens * token_bytes, inside the mapping
+    void* map;
+    size_t map_len;
+} Shard;
+
+typedef struct {
+    Shard* shards;
+    int n_shards;
+    int T;                  // window = T + 1 tokens, consecutive windows start T apart
+    int vocab_size;         // every token read is checked against it
+    size_t* first_window;   // (n_shards + 1) index of each shard's first window; the last entry is the total
+    size_t n_windows;
+    int shuffle;            // 1: new permutation every epoch; 0: file order (validation)
+    uint64_t seed;
+    uint64_t* perm;         // (n_windows) this epoch's order, when shuffling
+    uint64_t epoch;         // position: epoch and next window within it
+    uint64_t cursor;
+} DataLoader;
+
+// Opens every file matching pattern (glob, sorted). Any problem (no match, unreadable, bad magic or version,
+// size that disagrees with the header, too short for one window) is fatal with the file named.
+void dataloader_init(DataLoader* dl, const char* pattern, const char* flag_name, int T, int vocab_size,
+                     int shuffle, uint64_t seed);
+void dataloader_free(DataLoader* dl);
+// Next batch for rank `rank` of `world`, B rows each: inputs (B,T) and targets (B,T). Advances by world*B windows.
+void dataloader_next(DataLoader* dl, int* inputs, int* targets, int B, int rank, int world);
+// Jump to a saved position (recomputes the permutation).
+void dataloader_seek(DataLoader* dl, uint64_t epoch, uint64_t cursor);
+// The window at index w of the file order (used by validation, which walks windows in order).
+void dataloader_window(const DataLoader* dl, size_t w, int* inputs, int* targets);
+uint64_t dataloader_total_tokens(const DataLoader* dl);

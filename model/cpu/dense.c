@@ -1,0 +1,249 @@
+// model/cpu/dense.c: the CPU ops that are not attention or MoE: embedding, RMSNorm, matmul, residual adds, SwiGLU,
+// RoPE, cross-entropy, and the optimizer's element-wise kernels. fp32 throughout; sums that decide a result
+// (norms, softmax denominators) are carried in double so that the CPU stays the most exact backend.
+#include "cpu.h"
+
+// ----------------------------------------------------------------------------
+// embedding
+
+void cpu_embedding_forward(void* out_, const int* tokens, const void* wte_, int N, int d) {
+    float* out = out_;
+    const float* wte = wte_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * d, wte + (size_t)tokens[n] * d, d * sizeof(float));
+}
+
+void cpu_embedding_backward(float* dwte, const void* dout_, const int* tokens, int N, int d) {
+    const float* dout = dout_;
+    // Parallel over columns: each thread walks all rows in order, so repeated tokens add up in the same order
+    // every run (deterministic) and no two threads touch the same element.
+    #pragma omp parallel
+    {
+#ifdef _OPENMP
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+        int nt = 1, id = 0;
+#endif
+        int c0 = (int)((long)d * id / nt), c1 = (int)((long)d * (id + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            float* dst = dwte + (size_t)tokens[n] * d;
+            const float* src = dout + (size_t)n * d;
+            for (int c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm: y = x * rstd * g, rstd = 1/sqrt(mean(x^2) + eps)
+
+void cpu_rmsnorm_forward(void* out_, float* rstd, const void* inp_, int in_stride, const void* gain_, int N, int C,
+                         float eps) {
+    float* out = out_;
+    const float* inp = inp_;
+    const float* g = gain_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * in_stride;
+        double ss = 0.0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        rstd[n] = r;
+        float* y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = x[c] * r * g[c];
+    }
+}
+
+void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dgain, const void* dout_,
+                          const void* inp_, const void* gain_, const float* rstd, int N, int C) {
+    float* dinp = dinp_;
+    const float* dout = dout_;
+    const float* inp = inp_;
+    const float* g = gain_;
+    // dx_i = r (g_i dy_i) - r^3 x_i mean_j(g_j dy_j x_j)
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * in_stride;
+        const float* dy = dout + (size_t)n * C;
+        float* dx = dinp + (size_t)n * in_stride;
+        float r = rstd[n];
+        double dot = 0.0;
+        for (int c = 0; c < C; c++) dot += (double)g[c] * dy[c] * x[c];
+        float k = (float)(dot / C) * r * r * r;
+        if (accumulate) for (int c = 0; c < C; c++) dx[c] += r * g[c] * dy[c] - k * x[c];
+        else            for (int c = 0; c < C; c++) dx[c]  = r * g[c] * dy[c] - k * x[c];
+    }
+    // dgain_c += sum_n dy x r: parallel over columns so each sum runs over rows in a fixed order
+    #pragma omp parallel for
+    for (int c = 0; c < C; c++) {
+        double s = 0.0;
+        for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * in_stride + c] * rstd[n];
+        dgain[c] += (float)s;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// matmul: out = inp w^T
+
+void cpu_matmul_forward(void* out, const void* inp, const void* w, int N, int C, int OC) {
+    sgemm_rm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
+}
+
+void cpu_matmul_backward(void* dinp, int accumulate, float* dw, const void* dout, const void* inp, const void* w,
+                         int N, int C, int OC) {
+    if (dinp) sgemm_rm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, accumulate ? 1.0f : 0.0f, dinp, C);
+    sgemm_rm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+}
+
+// ----------------------------------------------------------------------------
+// element-wise
+
+void cpu_add(void* out_, const void* a_, const void* b_, size_t n) {
+    float* out = out_;
+    const float *a = a_, *b = b_;
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void cpu_add_inplace(void* x_, const void* y_, size_t n) {
+    float* x = x_;
+    const float* y = y_;
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+void cpu_swiglu_forward(void* out_, const void* h13_, int N, int f) {
+    float* out = out_;
+    const float* h13 = h13_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* a = h13 + (size_t)n * 2 * f;  // gate (W1)
+        const float* b = a + f;                    // up (W3)
+        float* y = out + (size_t)n * f;
+        for (int j = 0; j < f; j++) y[j] = a[j] * sigmoidf_(a[j]) * b[j];
+    }
+}
+
+void cpu_swiglu_backward(void* dh13_, const void* dout_, const void* h13_, int N, int f) {
+    float* dh13 = dh13_;
+    const float* dout = dout_;
+    const float* h13 = h13_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* a = h13 + (size_t)n * 2 * f;
+        const float* b = a + f;
+        const float* dy = dout + (size_t)n * f;
+        float* da = dh13 + (size_t)n * 2 * f;
+        float* db = da + f;
+        for (int j = 0; j < f; j++) {
+            float s = sigmoidf_(a[j]);
+            float silu = a[j] * s;
+            da[j] = dy[j] * b[j] * s * (1.0f + a[j] * (1.0f - s));
+            db[j] = dy[j] * silu;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// RoPE on adjacent pairs (2i, 2i+1), frequency theta^(-2i/rope_dim), angle = position * frequency
+
+void cpu_rope(void* x_, int N, int T, int n_heads, int row_stride, int head_stride, int offset, int rope_dim,
+              float theta, int inverse) {
+    float* x = x_;
+    int half = rope_dim / 2;
+    // the table costs T*half trig calls, far fewer than one per element
+    float* cs = xmalloc((size_t)T * half * 2 * sizeof(float));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double freq = pow((double)theta, -2.0 * i / rope_dim);
+            double ang = t * freq;
+            cs[(t * half + i) * 2] = (float)cos(ang);
+            cs[(t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
+        }
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* tab = cs + (size_t)(n % T) * half * 2;
+        for (int h = 0; h < n_heads; h++) {
+            float* v = x + (size_t)n * row_stride + (size_t)h * head_stride + offset;
+            for (int i = 0; i < half; i++) {
+                float c = tab[2 * i], s = tab[2 * i + 1];
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * c - x1 * s;
+                v[2 * i + 1] = x0 * s + x1 * c;
+            }
+        }
+    }
+    free(cs);
+}
+
+// ----------------------------------------------------------------------------
+// softmax cross-entropy
+
+void cpu_crossentropy_forward(float* losses, const void* logits_, const int* targets, int N, int V) {
+    const float* logits = logits_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* z = logits + (size_t)n * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        double s = 0.0;
+        for (int v = 0; v < V; v++) s += exp((double)(z[v] - mx));
+        losses[n] = (float)(log(s) + mx - z[targets[n]]);
+    }
+}
+
+void cpu_crossentropy_backward(void* dlogits_, const void* logits_, const int* targets, float dloss, int N, int V) {
+    float* dz = dlogits_;
+    const float* logits = logits_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* z = logits + (size_t)n * V;
+        float* g = dz + (size_t)n * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        double s = 0.0;
+        for (int v = 0; v < V; v++) s += exp((double)(z[v] - mx));
+        float inv = (float)(1.0 / s);
+        // z and g may alias: read z[v] before writing g[v]
+        for (int v = 0; v < V; v++) g[v] = expf(z[v] - mx) * inv * dloss;
+        g[targets[n]] -= dloss;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// optimizer kernels
+
+double cpu_sum_squares(const float* g, size_t n) {
+    // fixed chunks summed in order: the result does not depend on the thread count
+    const size_t chunk = 1 << 16;
+    size_t nchunks = (n + chunk - 1) / chunk;
+    double* part = xcalloc(nchunks ? nchunks : 1, sizeof(double));
+    #pragma omp parallel for
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t e = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+        double s = 0.0;
+        for (size_t i = c * chunk; i < e; i++) s += (double)g[i] * g[i];
+        part[c] = s;
+    }
+    double total = 0.0;
+    for (size_t c = 0; c < nchunks; c++) total += part[c];
+    free(part);
+    return total;
+}
+
+void cpu_adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
+                      float wd, float grad_scale, int step) {
+    float bc1 = (float)(1.0 - pow((double)b1, step));
+    float bc2 = (float)(1.0 - pow((double)b2, step));
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * grad_scale;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float mhat = mi / bc1, vhat = vi / bc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    }
+}

@@ -1,0 +1,222 @@
+// model/cpu/moe.c: the MoE layer on the CPU: sigmoid router with bias-adjusted top-K, the sequence-wise balance
+// loss, dropless dispatch grouped by expert, the grouped expert SwiGLU, and the gate-weighted combine.
+#include "cpu.h"
+
+// ----------------------------------------------------------------------------
+// router
+
+void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x, const void* w_router,
+                            const float* bias, int N, int d, int E, int K, float routed_scale) {
+    // logits (N,E) in fp32, then the sigmoid in place
+    sgemm_rm(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float* s = scores + (size_t)n * E;
+        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-s[e]));
+        // top-K of s + bias by K passes of arg-max (K is small); ties go to the lower expert id
+        int* chosen = sel + (size_t)n * K;
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            float best_v = -INFINITY;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
+                float v = s[e] + bias[e];
+                if (!taken && (best < 0 || v > best_v)) { best = e; best_v = v; }
+            }
+            chosen[k] = best;
+        }
+        // ascending expert order: the combine then sums in a fixed order whatever the scores were
+        for (int i = 1; i < K; i++)
+            for (int j = i; j > 0 && chosen[j - 1] > chosen[j]; j--) {
+                int t = chosen[j]; chosen[j] = chosen[j - 1]; chosen[j - 1] = t;
+            }
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) sum += s[chosen[k]];
+        for (int k = 0; k < K; k++) gates[(size_t)n * K + k] = (float)(routed_scale * s[chosen[k]] / sum);
+    }
+}
+
+// f_i = E/(K T) * (choices of expert i in the sequence), P_i = mean over the sequence of s_i / sum_j s_j
+void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, int B, int T, int E, int K, float alpha) {
+    double total = 0.0;
+    double* P = xmalloc((size_t)E * sizeof(double));
+    int* count = xmalloc((size_t)E * sizeof(int));
+    for (int b = 0; b < B; b++) {
+        memset(count, 0, E * sizeof(int));
+        for (int e = 0; e < E; e++) P[e] = 0.0;
+        for (int t = 0; t < T; t++) {
+            size_t n = (size_t)b * T + t;
+            const float* s = scores + n * E;
+            double ssum = 0.0;
+            for (int e = 0; e < E; e++) ssum += s[e];
+            for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
+            for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
+        }
+        double l = 0.0;
+        for (int e = 0; e < E; e++) l += ((double)E / ((double)K * T) * count[e]) * (P[e] / T);
+        total += alpha * l;
+    }
+    free(P);
+    free(count);
+    *aux += (float)(total / B);
+}
+
+void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
+                             const int* sel, const void* x, const void* w_router, int B, int T, int d, int E, int K,
+                             float routed_scale, float alpha, float loss_scale) {
+    int N = B * T;
+    #pragma omp parallel
+    {
+        int* count = xmalloc((size_t)E * sizeof(int));
+        #pragma omp for
+        for (int b = 0; b < B; b++) {
+            // this sequence's f_i (no gradient flows through the counts)
+            memset(count, 0, E * sizeof(int));
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < K; k++) count[sel[((size_t)b * T + t) * K + k]]++;
+            double fscale = (double)E / ((double)K * T);
+            double bal = (double)loss_scale * alpha / ((double)B * T);  // d loss / d (s_i / sum_j s_j) per unit f_i
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t;
+                const float* s = scores + n * E;
+                float* ds = dscores + n * E;
+                // balance loss: d/ds_j of sum_i f_i s_i / S  =  f_j / S - (sum_i f_i s_i) / S^2
+                double S = 0.0, fs = 0.0;
+                for (int e = 0; e < E; e++) { S += s[e]; fs += fscale * count[e] * s[e]; }
+                for (int e = 0; e < E; e++) ds[e] = (float)(bal * (fscale * count[e] / S - fs / (S * S)));
+                // gates g_k = c s_k / S_sel:  ds_j += (c / S_sel) (dg_j - sum_k dg_k s_k / S_sel)
+                const int* ch = sel + n * K;
+                const float* dg = dgates + n * K;
+                double Ssel = 0.0, dgs = 0.0;
+                for (int k = 0; k < K; k++) { Ssel += s[ch[k]]; dgs += (double)dg[k] * s[ch[k]]; }
+                for (int k = 0; k < K; k++) ds[ch[k]] += (float)(routed_scale / Ssel * (dg[k] - dgs / Ssel));
+                // through the sigmoid: d logit = ds * s (1 - s)
+                for (int e = 0; e < E; e++) ds[e] *= s[e] * (1.0f - s[e]);
+            }
+        }
+        free(count);
+    }
+    // dx += dlogits W ; dW += dlogits^T x
+    sgemm_rm(0, 0, N, d, E, 1.0f, dscores, E, w_router, d, 1.0f, dx, d);
+    sgemm_rm(1, 0, E, d, N, 1.0f, dscores, E, x, d, 1.0f, dw_router, d);
+}
+
+// ----------------------------------------------------------------------------
+// dispatch: a counting sort of the N*K choices by expert, stable in (row, k) order
+
+void cpu_moe_dispatch(int* offsets, int* row_of, int* token_of, float* load, const int* sel, int N, int K, int E) {
+    memset(offsets, 0, (size_t)(E + 1) * sizeof(int));
+    for (size_t i = 0; i < (size_t)N * K; i++) offsets[sel[i] + 1]++;
+    for (int e = 0; e < E; e++) load[e] += (float)offsets[e + 1];
+    for (int e = 0; e < E; e++) offsets[e + 1] += offsets[e];
+    int* cursor = xmalloc((size_t)E * sizeof(int));
+    memcpy(cursor, offsets, (size_t)E * sizeof(int));
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            int pos = cursor[sel[(size_t)n * K + k]]++;
+            row_of[(size_t)n * K + k] = pos;
+            token_of[pos] = n;
+        }
+    free(cursor);
+}
+
+void cpu_moe_gather(void* xe_, const void* x_, const int* token_of, int NK, int d) {
+    float* xe = xe_;
+    const float* x = x_;
+    #pragma omp parallel for
+    for (int i = 0; i < NK; i++) memcpy(xe + (size_t)i * d, x + (size_t)token_of[i] * d, d * sizeof(float));
+}
+
+void cpu_moe_gather_backward(void* dx_, const void* dxe_, const int* row_of, int N, int K, int d) {
+    float* dx = dx_;
+    const float* dxe = dxe_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float* dst = dx + (size_t)n * d;
+        for (int k = 0; k < K; k++) {
+            const float* src = dxe + (size_t)row_of[(size_t)n * K + k] * d;
+            for (int c = 0; c < d; c++) dst[c] += src[c];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// grouped expert SwiGLU: one sgemm per expert on its contiguous block of rows, experts spread over threads
+// (OpenBLAS's OpenMP build runs a call made inside a parallel region on the calling thread)
+
+void cpu_moe_experts_forward(void* ye_, void* h13_, void* hact_, const void* xe_, const void* w13_, const void* w2_,
+                             const int* offsets, int E, int d, int f) {
+    float *ye = ye_, *h13 = h13_, *hact = hact_;
+    const float *xe = xe_, *w13 = w13_, *w2 = w2_;
+    #pragma omp parallel for schedule(dynamic)
+    for (int e = 0; e < E; e++) {
+        int r0 = offsets[e], n = offsets[e + 1] - r0;
+        if (n == 0) continue;
+        const float* W13 = w13 + (size_t)e * 2 * f * d;
+        const float* W2 = w2 + (size_t)e * d * f;
+        sgemm_rm(0, 1, n, 2 * f, d, 1.0f, xe + (size_t)r0 * d, d, W13, d, 0.0f, h13 + (size_t)r0 * 2 * f, 2 * f);
+        cpu_swiglu_forward(hact + (size_t)r0 * f, h13 + (size_t)r0 * 2 * f, n, f);
+        sgemm_rm(0, 1, n, d, f, 1.0f, hact + (size_t)r0 * f, f, W2, f, 0.0f, ye + (size_t)r0 * d, d);
+    }
+}
+
+void cpu_moe_experts_backward(void* dxe_, float* dw13, float* dw2, void* dh13_, void* dhact_, const void* dye_,
+                              const void* xe_, const void* h13_, const void* hact_, const void* w13_, const void* w2_,
+                              const int* offsets, int E, int d, int f) {
+    float *dxe = dxe_, *dh13 = dh13_, *dhact = dhact_;
+    const float *dye = dye_, *xe = xe_, *h13 = h13_, *hact = hact_, *w13 = w13_, *w2 = w2_;
+    #pragma omp parallel for schedule(dynamic)
+    for (int e = 0; e < E; e++) {
+        int r0 = offsets[e], n = offsets[e + 1] - r0;
+        if (n == 0) continue;
+        const float* W13 = w13 + (size_t)e * 2 * f * d;
+        const float* W2 = w2 + (size_t)e * d * f;
+        const float* dY = dye + (size_t)r0 * d;
+        float* dH = dhact + (size_t)r0 * f;
+        float* dH13 = dh13 + (size_t)r0 * 2 * f;
+        // through W2: dhact = dY W2 ; dW2 += dY^T hact
+        sgemm_rm(0, 0, n, f, d, 1.0f, dY, d, W2, f, 0.0f, dH, f);
+        sgemm_rm(1, 0, d, f, n, 1.0f, dY, d, hact + (size_t)r0 * f, f, 1.0f, dw2 + (size_t)e * d * f, f);
+        cpu_swiglu_backward(dH13, dH, h13 + (size_t)r0 * 2 * f, n, f);
+        // through W13: dxe = dH13 W13 ; dW13 += dH13^T xe
+        sgemm_rm(0, 0, n, d, 2 * f, 1.0f, dH13, 2 * f, W13, d, 0.0f, dxe + (size_t)r0 * d, d);
+        sgemm_rm(1, 0, 2 * f, d, n, 1.0f, dH13, 2 * f, xe + (size_t)r0 * d, d, 1.0f, dw13 + (size_t)e * 2 * f * d, d);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// combine
+
+void cpu_moe_combine_forward(void* y_, const void* ye_, const float* gates, const int* row_of, int N, int K, int d) {
+    float* y = y_;
+    const float* ye = ye_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float* dst = y + (size_t)n * d;
+        for (int k = 0; k < K; k++) {
+            float g = gates[(size_t)n * K + k];
+            const float* src = ye + (size_t)row_of[(size_t)n * K + k] * d;
+            for (int c = 0; c < d; c++) dst[c] += g * src[c];
+        }
+    }
+}
+
+void cpu_moe_combine_backward(void* dye_, float* dgates, const void* dy_, const void* ye_, const float* gates,
+                              const int* row_of, int N, int K, int d) {
+    float* dye = dye_;
+    const float *dy = dy_, *ye = ye_;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* g_up = dy + (size_t)n * d;
+        for (int k = 0; k < K; k++) {
+            size_t r = (size_t)row_of[(size_t)n * K + k];
+            float g = gates[(size_t)n * K + k];
+            float* dst = dye + r * d;
+            const float* src = ye + r * d;
+            double dot = 0.0;
+            for (int c = 0; c < d; c++) { dst[c] = g * g_up[c]; dot += (double)g_up[c] * src[c]; }
+            dgates[(size_t)n * K + k] = (float)dot;
+        }
+    }
+}

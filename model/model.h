@@ -1,0 +1,146 @@
+// model/model.h: the scaled-down Kimi K2 model: parameters, activations, forward and backward over the op
+// interface in ops.h. The math is in model/MODEL.md.
+#pragma once
+#include "config.h"
+#include "params.h"
+#include "ops.h"
+
+// Pointers to one layer's weights (or gradients: the same shapes). void* because the compute copy of the weights
+// is in the backend's compute dtype; gradient pointers are fp32 and go to float* op arguments directly.
+typedef struct {
+    void* attn_norm;  // (d)
+    void* wdq;        // (q_lora, d)
+    void* q_norm;     // (q_lora)
+    void* wuq;        // (H*dqk, q_lora)
+    void* wdkv;       // (kv_lora + rope, d)
+    void* kv_norm;    // (kv_lora)
+    void* wukv;       // (H*(nope+dv), kv_lora)
+    void* wo;         // (d, H*dv)
+    void* ffn_norm;   // (d)
+    void* w13;        // (2*fd, d) dense layer, or (2*f, d) the MoE layer's shared expert
+    void* w2;         // (d, fd) dense, or (d, f) shared expert
+    void* router;     // (E, d)          MoE layers only, else NULL
+    void* expert_w13; // (E, 2*f, d)     MoE layers only
+    void* expert_w2;  // (E, d, f)       MoE layers only
+} LayerWeights;
+
+// One layer's saved activations for a batch of N = B*T rows.
+typedef struct {
+    void* x_in;      // (N, d) residual stream entering the layer
+    void* h;         // (N, d) attn_norm(x_in)
+    float* rstd_h;   // (N)
+    void* cq_pre;    // (N, q_lora) h wdq^T
+    float* rstd_q;   // (N)
+    void* cq;        // (N, q_lora) q_norm(cq_pre)
+    void* q;         // (N, H*dqk) cq wuq^T, RoPE applied to each head's rope part
+    void* a;         // (N, kv_lora + rope) h wdkv^T, RoPE applied to the rope-key columns
+    float* rstd_kv;  // (N)
+    void* ckv;       // (N, kv_lora) kv_norm(a[:, :kv_lora])
+    void* kv;        // (N, H*(nope+dv)) ckv wukv^T: per head k-nope then v
+    float* lse;      // (B, H, T) attention softmax log-sum-exp
+    void* att;       // (N, H*dv) attention output, heads concatenated
+    void* x_mid;     // (N, d) x_in + att wo^T
+    void* h2;        // (N, d) ffn_norm(x_mid)
+    float* rstd_h2;  // (N)
+    void* h13;       // (N, 2*fw) dense FFN or shared expert: h2 w13^T (fw = fd or f)
+    void* hact;      // (N, fw) silu(W1 part) * W3 part
+    void* ffn_out;   // (N, d) what the FFN / MoE adds to the residual stream
+    // MoE layers only (NULL in dense layers)
+    float* scores;   // (N, E) sigmoid router scores, fp32
+    int* sel;        // (N, K) chosen experts, ascending
+    float* gates;    // (N, K) routed_scale * normalised scores of the chosen experts
+    int* offsets;    // (E+1) expert e owns rows [offsets[e], offsets[e+1]) of the expert-ordered buffers
+    int* row_of;     // (N*K) expert-ordered row of choice (n, k)
+    int* token_of;   // (N*K) token row of each expert-ordered row
+    void* xe;        // (N*K, d) h2 rows in expert order
+    void* e_h13;     // (N*K, 2f)
+    void* e_hact;    // (N*K, f)
+    void* ye;        // (N*K, d) expert outputs, expert order
+} LayerActs;
+
+// Scratch for the backward pass, shared by all layers (sized for the widest layer).
+typedef struct {
+    void* dx;        // (N, d) gradient of the residual stream, carried from the top layer down
+    void* dn;        // (N, d) gradient at a norm's output (h, h2, final)
+    void* datt;      // (N, H*dv)
+    void* dq;        // (N, H*dqk)
+    void* dkv;       // (N, H*(nope+dv))
+    void* da;        // (N, kv_lora + rope)
+    void* dckv;      // (N, kv_lora)
+    void* dcq;       // (N, q_lora)
+    void* dcq_pre;   // (N, q_lora)
+    void* dh13;      // (N, 2*max(fd, f))
+    void* dhact;     // (N, max(fd, f))
+    float* dscores;  // (N, E)
+    float* dgates;   // (N, K)
+    void* dye;       // (N*K, d)
+    void* dxe;       // (N*K, d)
+    void* de_h13;    // (N*K, 2f)
+    void* de_hact;   // (N*K, f)
+} GradScratch;
+
+// Activations for batches of up to B x T rows. One Acts for training (with backward scratch), a smaller one for
+// sampling.
+typedef struct {
+    int B, T;          // capacity
+    int has_grad;      // backward scratch allocated
+    void* memory;      // one allocation for all activation buffers
+    LayerActs* layers; // (L)
+    void* x_final;     // (N, d) residual stream after the last layer
+    void* xf;          // (N, d) final_norm(x_final)
+    float* rstd_f;     // (N)
+    void* logits;      // (N, V); overwritten by their gradient in backward
+    float* losses;     // (N) per-row cross-entropy
+    int* tokens;       // (N) inputs, backend memory
+    int* targets;      // (N)
+    GradScratch g;
+    // what the last forward ran on
+    int cur_B, cur_T, has_targets;
+} Acts;
+
+typedef struct {
+    ModelConfig cfg;
+    const Ops* ops;
+    ParamTensor layout[NUM_PARAM_TENSORS];
+    size_t num_params;
+    float* params;          // (num_params) fp32 master weights, backend memory
+    void* weights;          // compute copy (== params on the CPU)
+    float* grads;           // (num_params) fp32
+    LayerWeights* lw;       // (L) pointers into weights
+    LayerWeights* lg;       // (L) pointers into grads
+    float* router_bias;     // (Lm, E) aux-loss-free balancing bias, no gradient
+    // statistics of the current optimizer step (summed / maxed over its micro-batches)
+    float* maxlogit;        // (L, H) max scaled attention logit per head, backend memory
+    float* expert_load;     // (Lm, E) routed choices per expert, backend memory
+    float* aux_acc;         // (1) balance loss of the last forward, backend memory
+    // training hyper-parameters that enter the loss
+    float balance_alpha;    // sequence-wise balance loss weight (default 1e-4)
+    // results of the last forward with targets
+    float ce_loss;          // mean cross-entropy
+    float aux_loss;         // balance loss summed over MoE layers
+} Model;
+
+// Builds the model on the given backend with parameters from params_host (num_params values) or, when NULL,
+// freshly initialised from seed. Router bias starts at 0.
+void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, const float* params_host, uint64_t seed);
+void model_free(Model* m);
+void acts_alloc(Acts* a, const Model* m, int B, int T, int with_grad);
+void acts_free(Acts* a, const Model* m);
+
+// Forward on tokens (B, T) in host memory. With targets: per-row losses, m->ce_loss, m->aux_loss.
+// Adds into the step statistics (maxlogit, expert_load).
+void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int B, int T);
+// Backward of the last forward (which had targets): grads += d(loss_scale * (ce + aux)) / d params.
+void model_backward(Model* m, Acts* a, float loss_scale);
+
+void model_zero_grad(Model* m);
+void model_zero_step_stats(Model* m);
+// After an update of the fp32 master weights: refresh the compute copy (no-op on the CPU).
+void model_sync_weights(Model* m);
+// Aux-loss-free balancing: bias += gamma * sign(mean_load - load) per MoE layer, from expert_load.
+void model_update_router_bias(Model* m, float gamma);
+// Copies a row of logits to the host (after a forward).
+void model_logits_row(const Model* m, const Acts* a, int row, float* out_host);
+// Host snapshots for telemetry
+void model_get_maxlogit(const Model* m, float* out_host);     // (L, H)
+void model_get_expert_load(const Model* m, float* out_host);  // (Lm, E)

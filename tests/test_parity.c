@@ -1,0 +1,205 @@
+// tests/test_parity.c: the C model against the independent float64 PyTorch reference (dev/ref/model_ref.py).
+//
+//   test_parity FILE     FILE is a debug-state file written by model_ref.py (format in model/MODEL.md)
+//
+// Checks, with the tolerances stated where they are applied (fp32 C vs float64 reference):
+//   the first forward: logits, cross-entropy, balance loss, per-head max logits, the experts chosen;
+//   the first backward: every parameter tensor's gradient and the global gradient norm;
+//   the same forward/backward as two accumulated micro-batches of half the size;
+//   n AdamW steps (clip, schedule, router-bias update): the loss before each, the lr, parameters and bias after.
+#include "../model/model.h"
+#include "../optim/optim.h"
+#include "test_util.h"
+
+static FILE* fh;
+static const char* path;
+
+static void rd(void* dst, size_t bytes) {
+    if (fread(dst, 1, bytes, fh) != bytes) { fprintf(stderr, "error: %s is truncated\n", path); exit(1); }
+}
+static float* rd_f32(size_t n) { float* p = xmalloc(n * sizeof(float) + 1); rd(p, n * sizeof(float)); return p; }
+static int* rd_i32(size_t n) { int* p = xmalloc(n * sizeof(int) + 1); rd(p, n * sizeof(int)); return p; }
+static double* to_f64(const float* a, size_t n) {
+    double* d = xmalloc(n * sizeof(double) + 1);
+    for (size_t i = 0; i < n; i++) d[i] = a[i];
+    return d;
+}
+
+// gradients of the model against the reference, tensor by tensor
+static void check_grads(const Model* m, const float* host_grads, const double* ref, const char* what) {
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor* p = &m->layout[t];
+        if (p->numel == 0) continue;
+        const float* g = host_grads + p->offset;
+        const double* r = ref + p->offset;
+        double mx = 0.0;
+        for (size_t i = 0; i < p->numel; i++) mx = fmax(mx, fabs(r[i]));
+        double rel = rel_l2(g, r, p->numel);
+        size_t where = 0;
+        // element-wise: within 1e-3 relative, or 1e-4 of the tensor's largest gradient (fp32 cancellation)
+        double worst = worst_ratio(g, r, p->numel, 1e-4 * mx + 1e-12, 1e-3, &where);
+        check(rel < 1e-4 && worst <= 1.0, "%s grad %-10s rel_l2 %.2e (tol 1e-4) worst elem ratio %.3f (tol 1) at %zu: %.6e vs %.6e",
+              what, p->name, rel, worst, where, g[where], r[where]);
+    }
+}
+
+int main(int argc, char** argv) {
+    if (argc != 2) { fprintf(stderr, "usage: %s DEBUG_STATE_FILE\n", argv[0]); return 2; }
+    path = argv[1];
+    fh = fopen(path, "rb");
+    if (!fh) { fprintf(stderr, "error: cannot open %s\n", path); return 2; }
+    int32_t ih[64];
+    float fhd[64];
+    rd(ih, sizeof(ih));
+    rd(fhd, sizeof(fhd));
+    if (ih[0] != 20261126 || ih[1] != 1) { fprintf(stderr, "error: %s is not a debug-state file v1\n", path); return 2; }
+    ModelConfig c = {0};
+    snprintf(c.name, sizeof(c.name), "parity");
+    c.vocab_size = ih[2]; c.d_model = ih[3]; c.n_layers = ih[4]; c.n_dense_layers = ih[5]; c.n_heads = ih[6];
+    c.q_lora = ih[7]; c.kv_lora = ih[8]; c.qk_nope = ih[9]; c.qk_rope = ih[10]; c.v_head = ih[11];
+    c.n_experts = ih[12]; c.top_k = ih[13]; c.moe_hidden = ih[14]; c.dense_hidden = ih[15];
+    int B = ih[16], T = ih[17], n_steps = ih[18];
+    c.seq_len = T;
+    c.routed_scale = fhd[0]; c.rope_theta = fhd[1]; c.norm_eps = fhd[2];
+    float alpha = fhd[3], gamma = fhd[4];
+    LRSchedule sched = {LR_COSINE, fhd[5], fhd[6], ih[20], ih[21], 0};
+    float b1 = fhd[7], b2 = fhd[8], adam_eps = fhd[9], wd = fhd[10], clip = fhd[11];
+    char why[256];
+    if (!config_validate(&c, why, sizeof(why))) { fprintf(stderr, "error: %s: %s\n", path, why); return 2; }
+    ParamTensor layout[NUM_PARAM_TENSORS];
+    size_t n = param_layout(&c, layout);
+    if ((size_t)ih[19] != n) { fprintf(stderr, "error: %s has %d params, layout says %zu\n", path, ih[19], n); return 2; }
+    int N = B * T, V = c.vocab_size, L = c.n_layers, H = c.n_heads, K = c.top_k, Lm = cfg_n_moe(&c), E = c.n_experts;
+    printf("parity: %s  V=%d d=%d L=%d (dense %d) H=%d E=%d K=%d B=%d T=%d, %zu params, %d steps\n", path, V,
+           c.d_model, L, c.n_dense_layers, H, E, K, B, T, n, n_steps);
+
+    int* tokens = rd_i32(N);
+    int* targets = rd_i32(N);
+    float* params0 = rd_f32(n);
+    float* bias0 = rd_f32((size_t)Lm * E);
+    double* ref_logits = to_f64(rd_f32((size_t)N * V), (size_t)N * V);
+    float* ref_losses = rd_f32(3);
+    double* ref_maxlogit = to_f64(rd_f32((size_t)L * H), (size_t)L * H);
+    int* ref_sel = rd_i32((size_t)Lm * N * K);
+    double* ref_grads = to_f64(rd_f32(n), n);
+    float ref_norm;
+    rd(&ref_norm, sizeof(float));
+    float* ref_step_loss = rd_f32(n_steps);
+    float* ref_step_lr = rd_f32(n_steps);
+    double* ref_params_after = to_f64(rd_f32(n), n);
+    double* ref_bias_after = to_f64(rd_f32((size_t)Lm * E), (size_t)Lm * E);
+    if (fgetc(fh) != EOF) { fprintf(stderr, "error: %s has trailing bytes\n", path); return 2; }
+    fclose(fh);
+
+    Model m;
+    model_init(&m, &c, &ops_cpu, params0, 0);
+    m.balance_alpha = alpha;
+    ops_cpu.to_device(m.router_bias, bias0, (size_t)Lm * E * sizeof(float));
+    Acts a;
+    acts_alloc(&a, &m, B, T, 1);
+
+    // ---- first forward
+    model_zero_grad(&m);
+    model_zero_step_stats(&m);
+    model_forward(&m, &a, tokens, targets, B, T);
+    float* logits = xmalloc((size_t)N * V * sizeof(float));
+    memcpy(logits, a.logits, (size_t)N * V * sizeof(float));
+    size_t where = 0;
+    double w = worst_ratio(logits, ref_logits, (size_t)N * V, 1e-5, 1e-4, &where);
+    check(w <= 1.0, "logits: worst |diff| / (1e-5 + 1e-4 |ref|) = %.3f (tol 1) at %zu: %.7f vs %.7f", w, where,
+          logits[where], ref_logits[where]);
+    check(fabs(m.ce_loss - ref_losses[0]) <= 1e-5 * fabs(ref_losses[0]), "cross-entropy %.7f vs %.7f (rel tol 1e-5)",
+          m.ce_loss, ref_losses[0]);
+    check(fabs(m.aux_loss - ref_losses[1]) <= 1e-5 * fabs(ref_losses[1]) + 1e-9, "balance loss %.8f vs %.8f (rel tol 1e-5)",
+          m.aux_loss, ref_losses[1]);
+    float* maxlogit = xmalloc((size_t)L * H * sizeof(float));
+    model_get_maxlogit(&m, maxlogit);
+    w = worst_ratio(maxlogit, ref_maxlogit, (size_t)L * H, 1e-6, 1e-5, &where);
+    check(w <= 1.0, "max logit per head: worst ratio %.3f (tol 1e-5 rel) at %zu: %.7f vs %.7f", w, where, maxlogit[where],
+          ref_maxlogit[where]);
+    long sel_diff = 0;
+    for (int mi = 0; mi < Lm; mi++) {
+        const int* sel = a.layers[c.n_dense_layers + mi].sel;
+        for (int i = 0; i < N * K; i++) sel_diff += sel[i] != ref_sel[(size_t)mi * N * K + i];
+    }
+    check(sel_diff == 0, "experts chosen: %ld of %d choices differ", sel_diff, Lm * N * K);
+
+    // ---- first backward
+    model_backward(&m, &a, 1.0f);
+    check_grads(&m, m.grads, ref_grads, "1 batch ");
+    float norm = grad_global_norm(&m);
+    check(fabs(norm - ref_norm) <= 1e-5 * ref_norm, "grad norm %.7f vs %.7f (rel tol 1e-5)", norm, ref_norm);
+
+    // ---- the same batch as 2 accumulated micro-batches (only when B splits evenly)
+    if (B % 2 == 0) {
+        Acts half;
+        acts_alloc(&half, &m, B / 2, T, 1);
+        model_zero_grad(&m);
+        model_zero_step_stats(&m);
+        double ce = 0.0, aux = 0.0;
+        for (int mb = 0; mb < 2; mb++) {
+            model_forward(&m, &half, tokens + mb * (N / 2), targets + mb * (N / 2), B / 2, T);
+            model_backward(&m, &half, 0.5f);
+            ce += 0.5 * m.ce_loss;
+            aux += 0.5 * m.aux_loss;
+        }
+        check(fabs(ce - ref_losses[0]) <= 1e-5 * fabs(ref_losses[0]) && fabs(aux - ref_losses[1]) <= 1e-5 * fabs(ref_losses[1]) + 1e-9,
+              "2 micro-batches: ce %.7f aux %.8f vs %.7f %.8f", ce, aux, ref_losses[0], ref_losses[1]);
+        check_grads(&m, m.grads, ref_grads, "2 micro  ");
+        acts_free(&half, &m);
+    } else {
+        skip("2 micro-batches: B = %d does not split in two", B);
+    }
+
+    // ---- n AdamW steps on the same batch
+    AdamW opt;
+    adamw_init(&opt, &m, b1, b2, adam_eps, wd);
+    float worst_loss = 0, worst_lr = 0;
+    for (int s = 0; s < n_steps; s++) {
+        model_zero_grad(&m);
+        model_zero_step_stats(&m);
+        model_forward(&m, &a, tokens, targets, B, T);
+        model_backward(&m, &a, 1.0f);
+        float loss = m.ce_loss + m.aux_loss;
+        float lr = lr_at(&sched, s);
+        worst_loss = fmaxf(worst_loss, fabsf(loss - ref_step_loss[s]) / fabsf(ref_step_loss[s]));
+        worst_lr = fmaxf(worst_lr, fabsf(lr - ref_step_lr[s]) / ref_step_lr[s]);
+        printf("  step %d: loss %.7f (ref %.7f) lr %.6g (ref %.6g)\n", s, loss, ref_step_loss[s], lr, ref_step_lr[s]);
+        adamw_step(&opt, &m, lr, grad_clip_scale(grad_global_norm(&m), clip));
+        model_update_router_bias(&m, gamma);
+    }
+    check(worst_loss <= 1e-5, "%d AdamW steps: worst relative loss difference %.2e (tol 1e-5)", n_steps, worst_loss);
+    check(worst_lr <= 1e-6, "%d AdamW steps: worst relative lr difference %.2e (tol 1e-6)", n_steps, worst_lr);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor* p = &m.layout[t];
+        if (p->numel == 0) continue;
+        // AdamW moves every parameter by O(lr) per step whatever its gradient's size, so a gradient at float32
+        // rounding level (|g| ~ 1e-9, next to eps) can move by a different fraction of lr in C than in float64,
+        // and later steps carry that on. So: the change of the whole tensor must match closely (rel_l2 of the
+        // update), and no element may be off by more than 5% of one step's lr.
+        double num = 0.0, den = 0.0, worst_abs = 0.0;
+        size_t off_count = 0;
+        for (size_t i = 0; i < p->numel; i++) {
+            double got = m.params[p->offset + i], want = ref_params_after[p->offset + i], start = params0[p->offset + i];
+            num += (got - want) * (got - want);
+            den += (want - start) * (want - start);
+            double e = fabs(got - want);
+            if (e > worst_abs) { worst_abs = e; where = i; }
+            off_count += e > 1e-3 * sched.lr;
+        }
+        double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        check(rel < 1e-3 && worst_abs < 0.05 * sched.lr,
+              "after %d steps: param %-10s update rel_l2 %.2e (tol 1e-3), worst |diff| %.2e = %.3f lr (tol 0.05 lr), "
+              "%zu of %zu elements off by > 1e-3 lr", n_steps, p->name, rel, worst_abs, worst_abs / sched.lr,
+              off_count, p->numel);
+    }
+    float* bias = xmalloc((size_t)Lm * E * sizeof(float) + 1);
+    ops_cpu.to_host(bias, m.router_bias, (size_t)Lm * E * sizeof(float));
+    w = worst_ratio(bias, ref_bias_after, (size_t)Lm * E, 1e-7, 1e-6, &where);
+    check(w <= 1.0, "after %d steps: router bias worst ratio %.3f (tol 1e-7 + 1e-6 rel)", n_steps, w);
+
+    acts_free(&a, &m);
+    adamw_free(&opt, &m);
+    model_free(&m);
+    return tests_summary();
+}

@@ -1,0 +1,604 @@
+// train_moe.c: the one binary. Flags, setup, the training loop, evaluation, sampling, logging, checkpoints.
+//
+//   ./train_moe --model k2-nano                       train on the default corpus (make data)
+//   ./train_moe --model k2-nano --resume              continue the run in --out from its newest checkpoint
+//   ./train_moe --help                                every flag
+#include <math.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <cblas.h>
+#include "common.h"
+#include "model/model.h"
+#include "optim/optim.h"
+#include "data/dataloader.h"
+#include "data/tokenizer.h"
+#include "train/checkpoint.h"
+
+// ----------------------------------------------------------------------------
+// flags
+
+typedef struct {
+    const char* model;        // preset name
+    const char* device;       // auto | cpu | cuda
+    const char* train_data;   // glob of training shards
+    const char* val_data;     // glob of validation shards ("" = none)
+    const char* tokenizer;    // tokenizer.bin for samples
+    const char* out;          // run directory: log.jsonl and checkpoints
+    int batch_size;           // B, sequences per micro-batch per rank
+    int seq_len;              // T (0 = the preset's)
+    int vocab_size;           // override (0 = the preset's)
+    long long total_batch;    // tokens per optimizer step over all ranks (0 = B*T*world)
+    int steps;
+    float lr, min_lr_frac;
+    int warmup;
+    const char* schedule;     // cosine | wsd | constant
+    float decay_frac;
+    float weight_decay, beta1, beta2, adam_eps, grad_clip;
+    float balance_alpha, bias_gamma;
+    long long seed;
+    int val_every, val_batches, sample_every, sample_tokens;
+    int ckpt_every, ckpt_keep;
+    int resume, overwrite;
+    int threads;
+    float peak_gflops;        // 0 = measure sgemm at start
+    int max_bad_steps;        // consecutive non-finite steps before the run stops
+    int help;
+} Flags;
+
+typedef enum { F_INT, F_LLONG, F_FLOAT, F_STR, F_BOOL } FlagType;
+typedef struct {
+    const char* name;
+    FlagType type;
+    void* ptr;
+    const char* help;
+} FlagSpec;
+
+static Flags flags = {
+    .model = "k2-nano", .device = "auto", .train_data = "data/default/train_*.bin",
+    .val_data = "data/default/val_*.bin", .tokenizer = "data/default/tokenizer.bin", .out = NULL,
+    .batch_size = 8, .seq_len = 0, .vocab_size = 0, .total_batch = 0, .steps = 1000, .lr = 3e-3f,
+    .min_lr_frac = 0.1f, .warmup = -1, .schedule = "cosine", .decay_frac = 0.2f, .weight_decay = 0.1f,
+    .beta1 = 0.9f, .beta2 = 0.95f, .adam_eps = 1e-8f, .grad_clip = 1.0f, .balance_alpha = 1e-4f,
+    .bias_gamma = 1e-3f, .seed = 1337, .val_every = 100, .val_batches = 8, .sample_every = 250,
+    .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0,
+    .peak_gflops = 0, .max_bad_steps = 5,
+};
+
+static const FlagSpec flag_specs[] = {
+    {"--model", F_STR, &flags.model, "preset: k2-nano (default), k2-l1..k2-l5, k2-small"},
+    {"--device", F_STR, &flags.device, "auto | cpu | cuda (auto: a visible GPU, else the CPU)"},
+    {"--train-data", F_STR, &flags.train_data, "glob of llm.c token shards for training"},
+    {"--val-data", F_STR, &flags.val_data, "glob of validation shards ('' for none)"},
+    {"--tokenizer", F_STR, &flags.tokenizer, "tokenizer.bin used to decode samples"},
+    {"--out", F_STR, &flags.out, "run directory for log.jsonl and checkpoints (default runs/<model>)"},
+    {"--batch-size", F_INT, &flags.batch_size, "sequences per micro-batch per rank (B)"},
+    {"--seq-len", F_INT, &flags.seq_len, "sequence length T (default: the preset's)"},
+    {"--vocab-size", F_INT, &flags.vocab_size, "vocabulary size (default: the preset's)"},
+    {"--total-batch", F_LLONG, &flags.total_batch, "tokens per optimizer step; a multiple of B*T*ranks (gradient accumulation)"},
+    {"--steps", F_INT, &flags.steps, "optimizer steps in the run"},
+    {"--lr", F_FLOAT, &flags.lr, "peak learning rate"},
+    {"--min-lr-frac", F_FLOAT, &flags.min_lr_frac, "final learning rate as a fraction of --lr"},
+    {"--warmup", F_INT, &flags.warmup, "linear warmup steps (-1: steps/10, at most 100)"},
+    {"--schedule", F_STR, &flags.schedule, "cosine | wsd | constant (after warmup)"},
+    {"--decay-frac", F_FLOAT, &flags.decay_frac, "wsd: fraction of the run spent decaying"},
+    {"--weight-decay", F_FLOAT, &flags.weight_decay, "decoupled weight decay (matrices only)"},
+    {"--beta1", F_FLOAT, &flags.beta1, "AdamW beta1"},
+    {"--beta2", F_FLOAT, &flags.beta2, "AdamW beta2"},
+    {"--adam-eps", F_FLOAT, &flags.adam_eps, "AdamW epsilon"},
+    {"--grad-clip", F_FLOAT, &flags.grad_clip, "global gradient-norm clip (0 = off)"},
+    {"--balance-alpha", F_FLOAT, &flags.balance_alpha, "sequence-wise balance loss weight"},
+    {"--bias-gamma", F_FLOAT, &flags.bias_gamma, "aux-loss-free router bias update speed (0 = off)"},
+    {"--seed", F_LLONG, &flags.seed, "seed for the initial weights, data order and samples"},
+    {"--val-every", F_INT, &flags.val_every, "validation loss every N steps (0 = never)"},
+    {"--val-batches", F_INT, &flags.val_batches, "micro-batches per validation"},
+    {"--sample-every", F_INT, &flags.sample_every, "print a text sample every N steps (0 = never)"},
+    {"--sample-tokens", F_INT, &flags.sample_tokens, "tokens per sample"},
+    {"--ckpt-every", F_INT, &flags.ckpt_every, "checkpoint every N steps (0 = only at the end)"},
+    {"--ckpt-keep", F_INT, &flags.ckpt_keep, "keep the newest N checkpoints (0 = all)"},
+    {"--resume", F_BOOL, &flags.resume, "continue from the newest complete checkpoint in --out"},
+    {"--overwrite", F_BOOL, &flags.overwrite, "start afresh in an --out that holds an earlier run (deletes it)"},
+    {"--threads", F_INT, &flags.threads, "CPU threads (default: all cores)"},
+    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak for MFU (default: measured sgemm on CPU)"},
+    {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop after this many non-finite steps in a row"},
+    {"--help", F_BOOL, &flags.help, "this list"},
+};
+#define NUM_FLAGS ((int)(sizeof(flag_specs) / sizeof(flag_specs[0])))
+
+static void print_help(void) {
+    printf("usage: ./train_moe [flags]\n\n");
+    for (int i = 0; i < NUM_FLAGS; i++) {
+        const FlagSpec* s = &flag_specs[i];
+        char def[64] = "";
+        switch (s->type) {
+        case F_INT: snprintf(def, sizeof(def), "%d", *(int*)s->ptr); break;
+        case F_LLONG: snprintf(def, sizeof(def), "%lld", *(long long*)s->ptr); break;
+        case F_FLOAT: snprintf(def, sizeof(def), "%g", *(float*)s->ptr); break;
+        case F_STR: snprintf(def, sizeof(def), "%s", *(const char**)s->ptr ? *(const char**)s->ptr : ""); break;
+        case F_BOOL: break;
+        }
+        printf("  %-16s %s%s%s%s\n", s->name, s->help, s->type == F_BOOL ? "" : " [", def, s->type == F_BOOL ? "" : "]");
+    }
+}
+
+static void parse_flags(int argc, char** argv) {
+    for (int i = 1; i < argc; i++) {
+        const char* arg = argv[i];
+        const char* eq = strchr(arg, '=');
+        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const FlagSpec* s = NULL;
+        for (int j = 0; j < NUM_FLAGS; j++)
+            if (strlen(flag_specs[j].name) == name_len && !strncmp(flag_specs[j].name, arg, name_len)) s = &flag_specs[j];
+        if (!s) fatal("unknown flag '%s' (./train_moe --help lists them)", arg);
+        if (s->type == F_BOOL) {
+            if (eq) fatal("flag %s takes no value", s->name);
+            *(int*)s->ptr = 1;
+            continue;
+        }
+        const char* val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!val) fatal("flag %s needs a value", s->name);
+        char* end = NULL;
+        errno = 0;
+        switch (s->type) {
+        case F_INT: {
+            long v = strtol(val, &end, 10);
+            if (*val == 0 || *end || errno || v < -2147483647L || v > 2147483647L)
+                fatal("flag %s expects an integer, got '%s'", s->name, val);
+            *(int*)s->ptr = (int)v;
+            break;
+        }
+        case F_LLONG: {
+            long long v = strtoll(val, &end, 10);
+            if (*val == 0 || *end || errno) fatal("flag %s expects an integer, got '%s'", s->name, val);
+            *(long long*)s->ptr = v;
+            break;
+        }
+        case F_FLOAT: {
+            float v = strtof(val, &end);
+            if (*val == 0 || *end || errno || !isfinite(v)) fatal("flag %s expects a number, got '%s'", s->name, val);
+            *(float*)s->ptr = v;
+            break;
+        }
+        case F_STR: *(const char**)s->ptr = val; break;
+        case F_BOOL: break;
+        }
+    }
+}
+
+// Range and consistency checks, before anything is read or written.
+static void check_flags(void) {
+    struct { const char* name; long long v, lo; } ge[] = {
+        {"--batch-size", flags.batch_size, 1}, {"--steps", flags.steps, 1}, {"--warmup", flags.warmup, -1},
+        {"--seq-len", flags.seq_len, 0}, {"--vocab-size", flags.vocab_size, 0}, {"--total-batch", flags.total_batch, 0},
+        {"--val-every", flags.val_every, 0}, {"--val-batches", flags.val_batches, 1},
+        {"--sample-every", flags.sample_every, 0}, {"--sample-tokens", flags.sample_tokens, 1},
+        {"--ckpt-every", flags.ckpt_every, 0}, {"--ckpt-keep", flags.ckpt_keep, 0}, {"--threads", flags.threads, 0},
+        {"--max-bad-steps", flags.max_bad_steps, 1}, {"--seed", flags.seed, 0},
+    };
+    for (size_t i = 0; i < sizeof(ge) / sizeof(ge[0]); i++)
+        if (ge[i].v < ge[i].lo) fatal("flag %s = %lld must be >= %lld", ge[i].name, ge[i].v, ge[i].lo);
+    if (!(flags.lr > 0)) fatal("flag --lr = %g must be > 0", flags.lr);
+    if (flags.min_lr_frac < 0 || flags.min_lr_frac > 1) fatal("flag --min-lr-frac = %g must be in [0, 1]", flags.min_lr_frac);
+    if (flags.decay_frac < 0 || flags.decay_frac > 1) fatal("flag --decay-frac = %g must be in [0, 1]", flags.decay_frac);
+    if (flags.weight_decay < 0) fatal("flag --weight-decay = %g must be >= 0", flags.weight_decay);
+    if (!(flags.beta1 >= 0 && flags.beta1 < 1)) fatal("flag --beta1 = %g must be in [0, 1)", flags.beta1);
+    if (!(flags.beta2 >= 0 && flags.beta2 < 1)) fatal("flag --beta2 = %g must be in [0, 1)", flags.beta2);
+    if (!(flags.adam_eps > 0)) fatal("flag --adam-eps = %g must be > 0", flags.adam_eps);
+    if (flags.grad_clip < 0) fatal("flag --grad-clip = %g must be >= 0", flags.grad_clip);
+    if (flags.balance_alpha < 0) fatal("flag --balance-alpha = %g must be >= 0", flags.balance_alpha);
+    if (flags.bias_gamma < 0) fatal("flag --bias-gamma = %g must be >= 0", flags.bias_gamma);
+    if (flags.peak_gflops < 0) fatal("flag --peak-gflops = %g must be >= 0", flags.peak_gflops);
+    if (flags.resume && flags.overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
+    if (strcmp(flags.device, "auto") && strcmp(flags.device, "cpu") && strcmp(flags.device, "cuda"))
+        fatal("flag --device = '%s' must be auto, cpu or cuda", flags.device);
+    LRShape shape;
+    if (!lr_shape_parse(flags.schedule, &shape)) fatal("flag --schedule = '%s' must be cosine, wsd or constant", flags.schedule);
+    if (flags.warmup < 0) flags.warmup = flags.steps / 10 < 100 ? flags.steps / 10 : 100;
+    if (flags.warmup > flags.steps) fatal("flag --warmup = %d exceeds --steps = %d", flags.warmup, flags.steps);
+}
+
+// ----------------------------------------------------------------------------
+// logging: a human progress line on stdout, the same numbers and more as JSON lines
+
+static FILE* json_log = NULL;
+
+static void json_string(FILE* f, const char* s) {
+    fputc('"', f);
+    for (const unsigned char* p = (const unsigned char*)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if (*p == '\t') fputs("\\t", f);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+static void json_float_array(FILE* f, const float* v, int n) {
+    fputc('[', f);
+    for (int i = 0; i < n; i++) {
+        if (isfinite(v[i])) fprintf(f, "%s%.6g", i ? "," : "", v[i]);
+        else fprintf(f, "%snull", i ? "," : "");
+    }
+    fputc(']', f);
+}
+
+static void format_duration(char* out, size_t n, double s) {
+    if (s < 0 || !isfinite(s)) s = 0;
+    int h = (int)(s / 3600), m = (int)(fmod(s, 3600) / 60), sec = (int)fmod(s, 60);
+    if (h > 0) snprintf(out, n, "%dh%02dm", h, m);
+    else snprintf(out, n, "%dm%02ds", m, sec);
+}
+
+// ----------------------------------------------------------------------------
+// evaluation and sampling
+
+static float validate(Model* m, Acts* acts, DataLoader* val, int B, int T, int batches, int rank, int world) {
+    int* inp = xmalloc((size_t)B * T * sizeof(int));
+    int* tgt = xmalloc((size_t)B * T * sizeof(int));
+    double sum = 0.0;
+    int used = 0;
+    size_t w = 0;
+    for (int i = 0; i < batches; i++) {
+        if (w + (size_t)B * world > val->n_windows) break;
+        for (int b = 0; b < B; b++)
+            dataloader_window(val, w + (size_t)rank * B + b, inp + (size_t)b * T, tgt + (size_t)b * T);
+        w += (size_t)B * world;
+        model_forward(m, acts, inp, tgt, B, T);
+        sum += m->ce_loss;
+        used++;
+    }
+    free(inp);
+    free(tgt);
+    return used ? (float)(sum / used) : NAN;
+}
+
+// Samples n tokens after the document separator, multinomial at temperature 1, one forward per token.
+static void sample_text(Model* m, Acts* acts, const Tokenizer* tok, Rng* rng, int n, int step) {
+    int T = acts->T;
+    int* toks = xmalloc((size_t)T * sizeof(int));
+    float* logits = xmalloc((size_t)m->cfg.vocab_size * sizeof(float));
+    toks[0] = tok->loaded ? tok->separator : 0;
+    int len = 1;
+    size_t cap = 4096, used = 0;
+    char* text = xmalloc(cap);
+    text[0] = 0;
+    for (int i = 0; i < n && len < T; i++) {
+        model_forward(m, acts, toks, NULL, 1, len);
+        model_logits_row(m, acts, len - 1, logits);
+        float mx = -INFINITY;
+        for (int v = 0; v < m->cfg.vocab_size; v++) mx = logits[v] > mx ? logits[v] : mx;
+        double z = 0.0;
+        for (int v = 0; v < m->cfg.vocab_size; v++) z += exp((double)(logits[v] - mx));
+        double u = rng_uniform(rng) * z, c = 0.0;
+        int next = m->cfg.vocab_size - 1;
+        for (int v = 0; v < m->cfg.vocab_size; v++) {
+            c += exp((double)(logits[v] - mx));
+            if (c > u) { next = v; break; }
+        }
+        toks[len++] = next;
+        // collect the decoded text so the JSON log gets it too
+        char buf[512];
+        FILE* mem = fmemopen(buf, sizeof(buf), "w");
+        tokenizer_print(tok, next, mem);
+        long k = ftell(mem);
+        fclose(mem);
+        if (used + k + 1 > cap) { cap = 2 * (used + k + 1); text = realloc(text, cap); if (!text) fatal("out of memory"); }
+        memcpy(text + used, buf, k);
+        used += k;
+        text[used] = 0;
+    }
+    printf("---- sample at step %d ----\n%s\n---------------------------\n", step, text);
+    if (json_log) {
+        fprintf(json_log, "{\"type\":\"sample\",\"step\":%d,\"text\":", step);
+        json_string(json_log, text);
+        fprintf(json_log, "}\n");
+        fflush(json_log);
+    }
+    free(text);
+    free(toks);
+    free(logits);
+}
+
+// sgemm rate of this machine with the current thread count: the CPU's MFU denominator
+static double measure_sgemm_gflops(void) {
+    int n = 1024;
+    float* a = xmalloc((size_t)n * n * sizeof(float));
+    float* b = xmalloc((size_t)n * n * sizeof(float));
+    float* c = xmalloc((size_t)n * n * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * n; i++) { a[i] = (float)(i % 7) * 0.1f; b[i] = (float)(i % 5) * 0.1f; }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);  // warm up
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        double t0 = wall_seconds();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double dt = wall_seconds() - t0;
+        best = dt < best ? dt : best;
+    }
+    free(a); free(b); free(c);
+    return 2.0 * n * n * (double)n / best / 1e9;
+}
+
+// ----------------------------------------------------------------------------
+// run directory
+
+static int dir_has_run(const char* dir) {
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/log.jsonl", dir);
+    return access(path, F_OK) == 0 || checkpoint_latest(dir) >= 0;
+}
+
+static void clear_run_dir(const char* dir) {
+    checkpoint_prune(dir, 0);
+    int s;
+    while ((s = checkpoint_latest(dir)) >= 0) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/DONE_%08d", dir, s);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, s);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/state_%08d_r0.bin", dir, s);
+        unlink(path);
+    }
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/log.jsonl", dir);
+    unlink(path);
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    parse_flags(argc, argv);
+    if (flags.help) { print_help(); return 0; }
+    check_flags();
+    int rank = 0, world = 1;  // MPI lands with its own issue; the data and checkpoint code already take these
+
+    // --- model config
+    ModelConfig cfg;
+    if (!config_from_preset(&cfg, flags.model)) {
+        char names[256] = "";
+        for (int i = 0; config_preset_names[i]; i++) {
+            strcat(names, i ? ", " : "");
+            strcat(names, config_preset_names[i]);
+        }
+        fatal("flag --model: no preset '%s' (choose from %s)", flags.model, names);
+    }
+    if (flags.seq_len) cfg.seq_len = flags.seq_len;
+    if (flags.vocab_size) cfg.vocab_size = flags.vocab_size;
+    char why[256];
+    if (!config_validate(&cfg, why, sizeof(why))) fatal("model %s: %s", cfg.name, why);
+    int B = flags.batch_size, T = cfg.seq_len;
+    long long tokens_per_micro = (long long)B * T * world;
+    long long total_batch = flags.total_batch ? flags.total_batch : tokens_per_micro;
+    if (total_batch % tokens_per_micro != 0)
+        fatal("flag --total-batch = %lld is not a multiple of batch-size x seq-len x ranks = %d x %d x %d = %lld",
+              total_batch, B, T, world, tokens_per_micro);
+    int grad_accum = (int)(total_batch / tokens_per_micro);
+
+    // --- backend
+    const Ops* ops = NULL;
+    if (!strcmp(flags.device, "cuda")) {
+        ops = ops_cuda_get();
+        if (!ops) fatal("flag --device cuda: this build has no CUDA backend yet (use --device cpu or auto)");
+    } else if (!strcmp(flags.device, "auto")) {
+        ops = ops_cuda_get();
+        if (!ops) ops = &ops_cpu;
+    } else {
+        ops = &ops_cpu;
+    }
+    if (flags.threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads(flags.threads);
+#endif
+        openblas_set_num_threads(flags.threads);
+    }
+#ifdef _OPENMP
+    int threads = omp_get_max_threads();
+#else
+    int threads = 1;
+#endif
+
+    // --- data (opened and checked before anything is written)
+    DataLoader train, val;
+    dataloader_init(&train, flags.train_data, "--train-data", T, cfg.vocab_size, 1, (uint64_t)flags.seed);
+    int have_val = flags.val_data && flags.val_data[0];
+    if (have_val) dataloader_init(&val, flags.val_data, "--val-data", T, cfg.vocab_size, 0, 0);
+    Tokenizer tok;
+    tokenizer_init(&tok, flags.tokenizer);
+    if (tok.loaded && tok.vocab_size > cfg.vocab_size)
+        fatal("tokenizer %s has %d tokens, more than the model's vocab_size %d", flags.tokenizer, tok.vocab_size, cfg.vocab_size);
+
+    // --- run directory
+    char out_dir[512];
+    if (flags.out) snprintf(out_dir, sizeof(out_dir), "%s", flags.out);
+    else snprintf(out_dir, sizeof(out_dir), "runs/%s", cfg.name);
+    int resume_step = -1;
+    if (flags.resume) {
+        resume_step = checkpoint_latest(out_dir);
+        if (resume_step < 0) fatal("flag --resume: no complete checkpoint in %s", out_dir);
+    } else if (dir_has_run(out_dir)) {
+        if (!flags.overwrite)
+            fatal("--out %s already holds a run (log.jsonl or checkpoints); pass --resume to continue it or "
+                  "--overwrite to replace it", out_dir);
+    }
+
+    // --- model, optimizer, state
+    Model model;
+    model_init(&model, &cfg, ops, NULL, (uint64_t)flags.seed);
+    model.balance_alpha = flags.balance_alpha;
+    AdamW opt;
+    adamw_init(&opt, &model, flags.beta1, flags.beta2, flags.adam_eps, flags.weight_decay);
+    TrainState st = {0};
+    st.micro_batch = B;
+    st.seq_len = T;
+    st.grad_accum = grad_accum;
+    st.world = world;
+    st.seed = (uint64_t)flags.seed;
+    snprintf(st.optimizer, sizeof(st.optimizer), "adamw");
+    rng_seed(&st.sample_rng, (uint64_t)flags.seed ^ 0x5A4D504C45ULL);
+    if (resume_step >= 0) {
+        checkpoint_load(out_dir, resume_step, &model, &opt, &st, rank);
+        dataloader_seek(&train, st.data_epoch, st.data_cursor);
+        if (st.step > flags.steps) fatal("flag --steps = %d is below the checkpoint's step %d", flags.steps, st.step);
+    }
+    if (!flags.resume && flags.overwrite) clear_run_dir(out_dir);
+    // only now, with every input checked, write anything
+    {
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "%s", out_dir);
+        for (char* p = cmd + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(cmd, 0755); *p = '/'; }
+        if (mkdir(cmd, 0755) != 0 && errno != EEXIST) fatal("--out %s: cannot create it: %s", out_dir, strerror(errno));
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/log.jsonl", out_dir);
+        json_log = fopen(path, flags.resume ? "a" : "w");
+        if (!json_log) fatal("--out %s: cannot write %s: %s", out_dir, path, strerror(errno));
+    }
+
+    Acts acts, sample_acts;
+    acts_alloc(&acts, &model, B, T, 1);
+    acts_alloc(&sample_acts, &model, 1, T, 0);
+    LRSchedule sched = {0};
+    lr_shape_parse(flags.schedule, &sched.shape);
+    sched.lr = flags.lr;
+    sched.min_lr = flags.lr * flags.min_lr_frac;
+    sched.warmup = flags.warmup;
+    sched.total = flags.steps;
+    sched.decay_frac = flags.decay_frac;
+    double peak = flags.peak_gflops > 0 ? flags.peak_gflops : measure_sgemm_gflops();
+    double flops_per_token = config_flops_per_token(&cfg, T);
+
+    // --- banner
+    config_print(&cfg, stdout);
+    printf("device %s, %d threads; batch %d x %d tokens x %d micro-batches x %d ranks = %lld tokens/step\n",
+           ops->name, threads, B, T, grad_accum, world, total_batch);
+    printf("optimizer adamw lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g\n", flags.lr,
+           flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip, flags.balance_alpha,
+           flags.bias_gamma);
+    printf("data: %d train shard(s), %llu tokens, %zu windows; val %s; tokenizer %s\n", train.n_shards,
+           (unsigned long long)dataloader_total_tokens(&train), train.n_windows,
+           have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
+    printf("MFU peak: %.1f GFLOP/s (%s)\n", peak, flags.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm, this machine");
+    printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
+    if (resume_step >= 0) printf("resumed from step %d\n", st.step);
+    fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"params\":%zu,\"active_params\":%.0f,"
+            "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
+            "\"world\":%d,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
+            cfg.name, model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
+            grad_accum, world, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
+    fflush(json_log);
+
+    // --- training loop
+    int L = cfg.n_layers, H = cfg.n_heads, Lm = cfg_n_moe(&cfg), E = cfg.n_experts;
+    int* inputs = xmalloc((size_t)B * T * sizeof(int));
+    int* targets = xmalloc((size_t)B * T * sizeof(int));
+    float* maxlogit = xmalloc((size_t)L * H * sizeof(float));
+    float* load = xmalloc((size_t)(Lm > 0 ? Lm : 1) * E * sizeof(float));
+    float* layer_max = xmalloc((size_t)L * sizeof(float));
+    float* imbalance = xmalloc((size_t)(Lm > 0 ? Lm : 1) * sizeof(float));
+    double time_sum = 0.0;
+    int time_count = 0, bad_in_row = 0;
+    for (int step = st.step; step < flags.steps; step++) {
+        int last = step == flags.steps - 1;
+        if (have_val && flags.val_every && (step % flags.val_every == 0 || last)) {
+            float vl = validate(&model, &acts, &val, B, T, flags.val_batches, rank, world);
+            printf("step %d: val loss %.4f\n", step, vl);
+            fprintf(json_log, "{\"type\":\"val\",\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
+            fflush(json_log);
+        }
+        if (flags.sample_every && step > 0 && step % flags.sample_every == 0)
+            sample_text(&model, &sample_acts, &tok, &st.sample_rng, flags.sample_tokens, step);
+
+        double t0 = wall_seconds();
+        model_zero_grad(&model);
+        model_zero_step_stats(&model);
+        double ce = 0.0, aux = 0.0;
+        for (int micro = 0; micro < grad_accum; micro++) {
+            dataloader_next(&train, inputs, targets, B, rank, world);
+            model_forward(&model, &acts, inputs, targets, B, T);
+            model_backward(&model, &acts, 1.0f / grad_accum);
+            ce += model.ce_loss / grad_accum;
+            aux += model.aux_loss / grad_accum;
+        }
+        float loss = (float)(ce + aux);
+        float norm = grad_global_norm(&model);
+        float lr = lr_at(&sched, step);
+        int skipped = 0;
+        if (!isfinite(loss) || !isfinite(norm)) {
+            // a non-finite loss or gradient never reaches the weights
+            skipped = 1;
+            bad_in_row++;
+            if (bad_in_row >= flags.max_bad_steps)
+                fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); stopping. The last good "
+                      "checkpoint in %s is intact", step, bad_in_row, loss, norm, out_dir);
+        } else {
+            bad_in_row = 0;
+            adamw_step(&opt, &model, lr, grad_clip_scale(norm, flags.grad_clip));
+            if (flags.bias_gamma > 0) model_update_router_bias(&model, flags.bias_gamma);
+        }
+        ops->sync();
+        double dt = wall_seconds() - t0;
+        st.step = step + 1;
+        st.data_epoch = train.epoch;
+        st.data_cursor = train.cursor;
+
+        // --- telemetry
+        model_get_maxlogit(&model, maxlogit);
+        model_get_expert_load(&model, load);
+        float max_logit = -INFINITY;
+        for (int l = 0; l < L; l++) {
+            layer_max[l] = -INFINITY;
+            for (int h = 0; h < H; h++) layer_max[l] = fmaxf(layer_max[l], maxlogit[l * H + h]);
+            max_logit = fmaxf(max_logit, layer_max[l]);
+        }
+        float worst_imb = 0.0f;
+        for (int mi = 0; mi < Lm; mi++) {
+            double sum = 0.0, mx = 0.0;
+            for (int e = 0; e < E; e++) { sum += load[mi * E + e]; mx = fmax(mx, load[mi * E + e]); }
+            imbalance[mi] = sum > 0 ? (float)(mx / (sum / E)) : 0.0f;
+            worst_imb = fmaxf(worst_imb, imbalance[mi]);
+        }
+        time_sum += dt;
+        time_count++;
+        double tok_s = total_batch / dt;
+        double mfu = flops_per_token * tok_s / (peak * 1e9);
+        char eta[32];
+        format_duration(eta, sizeof(eta), (time_sum / time_count) * (flags.steps - step - 1));
+        printf("step %5d/%d | loss %.4f (aux %.4f) | lr %.2e | norm %.3f | %6.0f ms | %7.0f tok/s | MFU %4.1f%% | "
+               "maxlogit %.2f | load max/mean %.2f | ETA %s%s\n",
+               step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, tok_s, 100 * mfu, max_logit, worst_imb, eta,
+               skipped ? " | SKIPPED (non-finite)" : "");
+        fprintf(json_log, "{\"type\":\"step\",\"step\":%d,\"loss\":%.6f,\"ce\":%.6f,\"aux\":%.6g,\"lr\":%.6g,"
+                "\"grad_norm\":%.6g,\"ms\":%.2f,\"tok_s\":%.1f,\"mfu\":%.5f,\"max_logit\":%.5g,\"skipped\":%d,"
+                "\"max_logit_layer\":", step + 1, loss, ce, aux, lr, norm, dt * 1e3, tok_s, mfu, max_logit, skipped);
+        json_float_array(json_log, layer_max, L);
+        fprintf(json_log, ",\"load_imbalance\":");
+        json_float_array(json_log, imbalance, Lm);
+        if (flags.val_every && (step % flags.val_every == 0 || last)) {
+            fprintf(json_log, ",\"max_logit_head\":");
+            json_float_array(json_log, maxlogit, L * H);
+        }
+        fprintf(json_log, "}\n");
+        fflush(json_log);
+
+        if ((flags.ckpt_every && st.step % flags.ckpt_every == 0) || st.step == flags.steps) {
+            checkpoint_save(out_dir, &model, &opt, &st, rank);
+            checkpoint_prune(out_dir, flags.ckpt_keep);
+            printf("checkpoint: %s step %d\n", out_dir, st.step);
+        }
+    }
+
+    free(inputs); free(targets); free(maxlogit); free(load); free(layer_max); free(imbalance);
+    acts_free(&acts, &model);
+    acts_free(&sample_acts, &model);
+    adamw_free(&opt, &model);
+    model_free(&model);
+    dataloader_free(&train);
+    if (have_val) dataloader_free(&val);
+    tokenizer_free(&tok);
+    fclose(json_log);
+    return 0;
+}
