@@ -29,7 +29,13 @@ TEST_BINS = build/tests/test_gradcheck build/tests/test_parity
 .PHONY: all test data train clean
 all: train_moe
 
-build/%.o: %.c $(HEADERS)
+# the Debian packages the build needs (installed when run as root, else the exact apt-get line is printed)
+build/.deps-build: scripts/deps.sh
+	@mkdir -p build
+	bash scripts/deps.sh build
+	@touch $@
+
+build/%.o: %.c $(HEADERS) | build/.deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -46,7 +52,9 @@ train: train_moe
 	bash data/prepare_default.sh
 	./train_moe --model k2-nano
 
-test: train_moe $(TEST_BINS)
+test:
+	bash scripts/deps.sh test
+	$(MAKE) train_moe $(TEST_BINS)
 	bash tests/run_tests.sh
 
 clean:

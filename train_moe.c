@@ -217,6 +217,12 @@ static void json_string(FILE* f, const char* s) {
     fputc('"', f);
 }
 
+// JSON has no NaN or infinity: non-finite numbers are written as null
+static void json_num(FILE* f, const char* key, double v) {
+    if (isfinite(v)) fprintf(f, ",\"%s\":%.7g", key, v);
+    else fprintf(f, ",\"%s\":null", key);
+}
+
 static void json_float_array(FILE* f, const float* v, int n) {
     fputc('[', f);
     for (int i = 0; i < n; i++) {
@@ -406,7 +412,11 @@ int main(int argc, char** argv) {
     DataLoader train, val;
     dataloader_init(&train, flags.train_data, "--train-data", T, cfg.vocab_size, 1, (uint64_t)flags.seed);
     int have_val = flags.val_data && flags.val_data[0];
-    if (have_val) dataloader_init(&val, flags.val_data, "--val-data", T, cfg.vocab_size, 0, 0);
+    dataloader_require(&train, B, world, "--train-data");
+    if (have_val) {
+        dataloader_init(&val, flags.val_data, "--val-data", T, cfg.vocab_size, 0, 0);
+        if (flags.val_every) dataloader_require(&val, B, world, "--val-data");
+    }
     Tokenizer tok;
     tokenizer_init(&tok, flags.tokenizer);
     if (tok.loaded && tok.vocab_size > cfg.vocab_size)
@@ -483,7 +493,12 @@ int main(int argc, char** argv) {
            have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
     printf("MFU peak: %.1f GFLOP/s (%s)\n", peak, flags.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm, this machine");
     printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
-    if (resume_step >= 0) printf("resumed from step %d\n", st.step);
+    if (resume_step >= 0) {
+        printf("resumed from step %d\n", st.step);
+        // records after this line supersede any earlier ones for the same steps (a run killed after its last
+        // checkpoint logged steps that are now redone)
+        fprintf(json_log, "{\"type\":\"resume\",\"step\":%d}\n", st.step);
+    }
     fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
             "\"world\":%d,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
@@ -506,7 +521,9 @@ int main(int argc, char** argv) {
         if (have_val && flags.val_every && (step % flags.val_every == 0 || last)) {
             float vl = validate(&model, &acts, &val, B, T, flags.val_batches, rank, world);
             printf("step %d: val loss %.4f\n", step, vl);
-            fprintf(json_log, "{\"type\":\"val\",\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
+            fprintf(json_log, "{\"type\":\"val\",\"step\":%d", step);
+            json_num(json_log, "val_loss", vl);
+            fprintf(json_log, "}\n");
             fflush(json_log);
         }
         if (flags.sample_every && step > 0 && step % flags.sample_every == 0)
@@ -532,8 +549,9 @@ int main(int argc, char** argv) {
             skipped = 1;
             bad_in_row++;
             if (bad_in_row >= flags.max_bad_steps)
-                fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); stopping. The last good "
-                      "checkpoint in %s is intact", step, bad_in_row, loss, norm, out_dir);
+                fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); stopping without touching the "
+                      "weights. %s", step + 1, bad_in_row, loss, norm,
+                      checkpoint_latest(out_dir) >= 0 ? "Resume from the last checkpoint with --resume" : "No checkpoint was written");
         } else {
             bad_in_row = 0;
             adamw_step(&opt, &model, lr, grad_clip_scale(norm, flags.grad_clip));
@@ -571,9 +589,17 @@ int main(int argc, char** argv) {
                "maxlogit %.2f | load max/mean %.2f | ETA %s%s\n",
                step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, tok_s, 100 * mfu, max_logit, worst_imb, eta,
                skipped ? " | SKIPPED (non-finite)" : "");
-        fprintf(json_log, "{\"type\":\"step\",\"step\":%d,\"loss\":%.6f,\"ce\":%.6f,\"aux\":%.6g,\"lr\":%.6g,"
-                "\"grad_norm\":%.6g,\"ms\":%.2f,\"tok_s\":%.1f,\"mfu\":%.5f,\"max_logit\":%.5g,\"skipped\":%d,"
-                "\"max_logit_layer\":", step + 1, loss, ce, aux, lr, norm, dt * 1e3, tok_s, mfu, max_logit, skipped);
+        fprintf(json_log, "{\"type\":\"step\",\"step\":%d", step + 1);
+        json_num(json_log, "loss", loss);
+        json_num(json_log, "ce", ce);
+        json_num(json_log, "aux", aux);
+        json_num(json_log, "lr", lr);
+        json_num(json_log, "grad_norm", norm);
+        json_num(json_log, "ms", dt * 1e3);
+        json_num(json_log, "tok_s", tok_s);
+        json_num(json_log, "mfu", mfu);
+        json_num(json_log, "max_logit", max_logit);
+        fprintf(json_log, ",\"skipped\":%d,\"max_logit_layer\":", skipped);
         json_float_array(json_log, layer_max, L);
         fprintf(json_log, ",\"load_imbalance\":");
         json_float_array(json_log, imbalance, Lm);

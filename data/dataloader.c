@@ -44,6 +44,23 @@ static void shard_open(Shard* s, const char* path, int T) {
     s->tokens = (const uint8_t*)s->map + sizeof(header);
 }
 
+// Every token id must be < vocab_size. Checked once at open, for the whole file, so a bad id fails the run
+// before it writes anything rather than when (or if) training reaches it.
+static void shard_check_tokens(const Shard* s, int vocab_size) {
+    if (s->token_bytes == 2 && vocab_size >= 65536) return;  // a uint16 cannot exceed it
+    size_t bad_pos = SIZE_MAX;
+    #pragma omp parallel for reduction(min : bad_pos)
+    for (size_t i = 0; i < s->n_tokens; i++) {
+        uint32_t t = s->token_bytes == 2 ? ((const uint16_t*)s->tokens)[i] : ((const uint32_t*)s->tokens)[i];
+        if (t >= (uint32_t)vocab_size && i < bad_pos) bad_pos = i;
+    }
+    if (bad_pos != SIZE_MAX) {
+        uint32_t t = s->token_bytes == 2 ? ((const uint16_t*)s->tokens)[bad_pos] : ((const uint32_t*)s->tokens)[bad_pos];
+        fatal("data: %s has token id %u at position %zu, outside the model's vocab_size %d", s->path, t, bad_pos,
+              vocab_size);
+    }
+}
+
 void dataloader_init(DataLoader* dl, const char* pattern, const char* flag_name, int T, int vocab_size,
                      int shuffle, uint64_t seed) {
     memset(dl, 0, sizeof(*dl));
@@ -61,6 +78,7 @@ void dataloader_init(DataLoader* dl, const char* pattern, const char* flag_name,
     dl->vocab_size = vocab_size;
     for (int i = 0; i < dl->n_shards; i++) {
         shard_open(&dl->shards[i], g.gl_pathv[i], T);
+        shard_check_tokens(&dl->shards[i], vocab_size);
         dl->first_window[i + 1] = dl->first_window[i] + (dl->shards[i].n_tokens - 1) / T;
     }
     globfree(&g);
@@ -107,19 +125,21 @@ void dataloader_window(const DataLoader* dl, size_t w, int* inputs, int* targets
     for (int t = 0; t <= dl->T; t++) {
         size_t pos = start + t;
         uint32_t tok = sh->token_bytes == 2 ? ((const uint16_t*)sh->tokens)[pos] : ((const uint32_t*)sh->tokens)[pos];
-        if (tok >= (uint32_t)dl->vocab_size)
-            fatal("data: %s has token id %u at position %zu, outside the model's vocab_size %d", sh->path, tok, pos,
-                  dl->vocab_size);
-        if (t < dl->T) inputs[t] = (int)tok;
+        if (t < dl->T) inputs[t] = (int)tok;  // ids were checked against vocab_size when the shard was opened
         if (t > 0) targets[t - 1] = (int)tok;
     }
 }
 
-void dataloader_next(DataLoader* dl, int* inputs, int* targets, int B, int rank, int world) {
+void dataloader_require(const DataLoader* dl, int B, int world, const char* flag_name) {
     uint64_t need = (uint64_t)B * world;
     if (need > dl->n_windows)
-        fatal("data: a step needs %llu windows of %d tokens but the data has only %zu (%s)", (unsigned long long)need,
-              dl->T + 1, dl->n_windows, dl->shards[0].path);
+        fatal("data: %s '%s' has %zu windows of seq_len+1 = %d tokens; one batch needs %llu (batch-size x ranks)",
+              flag_name, dl->shards[0].path, dl->n_windows, dl->T + 1, (unsigned long long)need);
+}
+
+void dataloader_next(DataLoader* dl, int* inputs, int* targets, int B, int rank, int world) {
+    uint64_t need = (uint64_t)B * world;
+    dataloader_require(dl, B, world, "the training data");
     if (dl->cursor + need > dl->n_windows) dataloader_seek(dl, dl->epoch + 1, 0);  // drop the ragged tail
     for (int b = 0; b < B; b++) {
         uint64_t i = dl->cursor + (uint64_t)rank * B + b;

@@ -37,12 +37,15 @@ typedef struct {
 } DataLoader;
 
 // Opens every file matching pattern (glob, sorted). Any problem (no match, unreadable, bad magic or version,
-// size that disagrees with the header, too short for one window) is fatal with the file named.
+// size that disagrees with the header, too short for one window, a token id >= vocab_size) is fatal with the
+// file named.
 void dataloader_init(DataLoader* dl, const char* pattern, const char* flag_name, int T, int vocab_size,
                      int shuffle, uint64_t seed);
 void dataloader_free(DataLoader* dl);
 // Next batch for rank `rank` of `world`, B rows each: inputs (B,T) and targets (B,T). Advances by world*B windows.
 void dataloader_next(DataLoader* dl, int* inputs, int* targets, int B, int rank, int world);
+// Fatal, naming the data, if it cannot fill one batch of B rows on each of `world` ranks.
+void dataloader_require(const DataLoader* dl, int B, int world, const char* flag_name);
 // Jump to a saved position (recomputes the permutation).
 void dataloader_seek(DataLoader* dl, uint64_t epoch, uint64_t cursor);
 // The window at index w of the file order (used by validation, which walks windows in order).

@@ -56,9 +56,13 @@ void cpu_attention_forward(void* out_, float* lse, float* maxlogit, const void* 
                 float mx = -INFINITY;
                 for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
                 double sum = 0.0;
-                for (int j = 0; j <= i; j++) sum += exp((double)(row[j] - mx));
+                for (int j = 0; j <= i; j++) {
+                    float e = expf(row[j] - mx);
+                    row[j] = e;
+                    sum += e;
+                }
                 float inv = (float)(1.0 / sum);
-                for (int j = 0; j <= i; j++) row[j] = expf(row[j] - mx) * inv;
+                for (int j = 0; j <= i; j++) row[j] *= inv;
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
                 lse[(size_t)bh * T + i] = mx + (float)log(sum);
                 mx_all = mx > mx_all ? mx : mx_all;

@@ -187,8 +187,8 @@ void cpu_crossentropy_forward(float* losses, const void* logits_, const int* tar
         const float* z = logits + (size_t)n * V;
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-        double s = 0.0;
-        for (int v = 0; v < V; v++) s += exp((double)(z[v] - mx));
+        double s = 0.0;  // float terms (each in (0, 1]), summed in double
+        for (int v = 0; v < V; v++) s += expf(z[v] - mx);
         losses[n] = (float)(log(s) + mx - z[targets[n]]);
     }
 }
@@ -202,11 +202,15 @@ void cpu_crossentropy_backward(void* dlogits_, const void* logits_, const int* t
         float* g = dz + (size_t)n * V;
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        // z and g may alias: write exp(z - mx) first, then scale by 1/sum
         double s = 0.0;
-        for (int v = 0; v < V; v++) s += exp((double)(z[v] - mx));
-        float inv = (float)(1.0 / s);
-        // z and g may alias: read z[v] before writing g[v]
-        for (int v = 0; v < V; v++) g[v] = expf(z[v] - mx) * inv * dloss;
+        for (int v = 0; v < V; v++) {
+            float e = expf(z[v] - mx);
+            g[v] = e;
+            s += e;
+        }
+        float scale = (float)(dloss / s);
+        for (int v = 0; v < V; v++) g[v] *= scale;
         g[targets[n]] -= dloss;
     }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tests/run_tests.sh: every test, in order; each prints PASS/FAIL/SKIP lines and its own "N passed, N failed, N
+# skipped" line; this script adds them up and ends with the total "N passed, N failed" (the line CI reads).
+set -u
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+TMP=$(mktemp -d /tmp/train_moe_tests.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+passed=0; failed=0; skipped=0
+
+run() {  # run NAME CMD...: runs the command, shows its output, adds up its summary line
+    local name=$1; shift
+    echo "==== $name"
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    echo "$out"
+    local line
+    line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "FAIL $name: no summary line (exit code $rc)"
+        failed=$((failed + 1))
+        return
+    fi
+    local p f s
+    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+    f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+    s=$(echo "$line" | grep -oE '[0-9]+ skipped' | grep -oE '[0-9]+' || echo 0)
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + ${s:-0}))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "FAIL $name: exit code $rc"
+        failed=$((failed + 1))
+    fi
+}
+
+# finite-difference checks of every op's backward
+run gradcheck ./build/tests/test_gradcheck
+
+# whole model vs the float64 PyTorch reference: the default small config, and K2's routing shape (384 experts, top-8)
+if $PY -c 'import torch, numpy' 2>/dev/null; then
+    $PY dev/ref/model_ref.py --out "$TMP/ref_tiny.bin" > "$TMP/ref_tiny.log" 2>&1 || { cat "$TMP/ref_tiny.log"; }
+    run "parity (tiny)" ./build/tests/test_parity "$TMP/ref_tiny.bin"
+    $PY dev/ref/model_ref.py --config k2route --out "$TMP/ref_k2route.bin" > "$TMP/ref_k2.log" 2>&1 || { cat "$TMP/ref_k2.log"; }
+    run "parity (k2 routing)" ./build/tests/test_parity "$TMP/ref_k2route.bin"
+else
+    echo "==== parity"
+    echo "FAIL parity: /usr/bin/python3 with torch and numpy is missing (apt-get install python3-torch python3-numpy)"
+    failed=$((failed + 1))
+fi
+
+# the trainer end to end: resume determinism, bad input
+[ -f tests/test_cli.sh ] && run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
+
+echo "===="
+echo "$passed passed, $failed failed ($skipped skipped)"
+[ "$failed" -eq 0 ]
