@@ -46,6 +46,7 @@ typedef struct {
     int threads;
     float peak_gflops;        // 0 = measure sgemm at start
     int max_bad_steps;        // consecutive non-finite steps before the run stops
+    int list_models;
     int help;
 } Flags;
 
@@ -104,6 +105,7 @@ static const FlagSpec flag_specs[] = {
     {"--threads", F_INT, &flags.threads, "CPU threads (default: all cores)"},
     {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak for MFU (default: measured sgemm on CPU)"},
     {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop after this many non-finite steps in a row"},
+    {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
     {"--help", F_BOOL, &flags.help, "this list"},
 };
 #define NUM_FLAGS ((int)(sizeof(flag_specs) / sizeof(flag_specs[0])))
@@ -360,6 +362,14 @@ int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv);
     if (flags.help) { print_help(); return 0; }
+    if (flags.list_models) {
+        for (int i = 0; config_preset_names[i]; i++) {
+            ModelConfig c;
+            config_from_preset(&c, config_preset_names[i]);
+            config_print(&c, stdout);
+        }
+        return 0;
+    }
     check_flags();
     int rank = 0, world = 1;  // MPI lands with its own issue; the data and checkpoint code already take these
 

@@ -11,9 +11,14 @@ clip, warmup + cosine LR schedule with the trainer's defaults.
 
 Usage (Debian's python3, torch 1.13 CPU):
     /usr/bin/python3 dev/bench/torch_k2.py [--threads 2] [--steps 20] [--skip 2] [--data FILE | --data random]
-                                          [--moe auto|loop|bmm] [--model k2-nano]
-    /usr/bin/python3 dev/bench/torch_k2.py --check-ref      # same math as dev/ref/model_ref.py (float64, tiny)
+                                          [--moe auto|loop|bmm] [--model k2-nano] [--lr 3e-3]
+                                          [--malloc tuned|default] [--blas openmp|system]
+    /usr/bin/python3 dev/bench/torch_k2.py --check-ref   # vs dev/ref/model_ref.py: loss, maxlogit, expert choice
+                                                         # and every gradient (float64, tiny and k2route configs),
+                                                         # and 3 AdamW steps with clip and bias update
 Prints per-step lines, then `RESULT tok_s=... ms_step=... params=...` (median over the steps after --skip).
+--malloc tuned / --blas openmp (the defaults) re-run the script once with the environment they need; the timing
+is from fetching the batch to the router-bias update, as train_moe's.
 """
 
 import argparse
@@ -38,6 +43,7 @@ PRESETS = {
     "k2-l4": (4096, 160, 5, 1, 5, 80, 40, 32, 16, 32, 384, 8, 40, 360, 256),
     "k2-l5": (4096, 192, 6, 1, 6, 96, 48, 32, 16, 32, 384, 8, 48, 432, 256),
 }
+OPENBLAS_OMP = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
 FIELDS = ["V", "d", "L", "Ld", "H", "q_lora", "kv_lora", "nope", "rope", "dv", "E", "K", "f", "fd", "T"]
 
 
@@ -319,6 +325,20 @@ def set_lr(opt, lr):
         group["lr"] = lr
 
 
+def blas_in_use():
+    """'<directory of the loaded OpenBLAS>, core <kernel set>' (OpenBLAS picks its kernels at load time)."""
+    import ctypes
+    libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "libopenblas" in l or "libblas.so" in l})
+    for path in libs:
+        try:
+            f = ctypes.CDLL(path).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        f.restype = ctypes.c_char_p
+        return "%s, core %s" % (os.path.dirname(path), f().decode())
+    return ", ".join(libs) or "?"
+
+
 def sgemm_gflops(n=1024):
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b.t())
@@ -344,15 +364,15 @@ def train(args):
     warmup = args.steps // 10 if args.steps // 10 < 100 else 100
     data = Batches(args.data, B, T, c["V"], args.seed)
     peak = sgemm_gflops()
-    print("torch %s, %d threads (intra-op %d), BLAS sgemm 1024^3: %.1f GFLOP/s" %
-          (torch.__version__, args.threads, torch.get_num_threads(), peak))
+    print("torch %s, %d threads (intra-op %d), malloc %s, BLAS %s (%s), torch.mm 1024^3: %.1f GFLOP/s" %
+          (torch.__version__, args.threads, torch.get_num_threads(), args.malloc, args.blas, blas_in_use(), peak))
     print("model %s: %s" % (args.model, " ".join("%s=%s" % (k, c[k]) for k in FIELDS)))
     print("parameters: %.3fM total (%d); batch %d x %d = %d tokens/step; moe %s; data %s" %
           (n_params / 1e6, n_params, B, T, B * T, args.moe, args.data))
     times = []
     for step in range(args.steps):
+        t0 = time.perf_counter()   # as train_moe's step time: from fetching the batch to the bias update
         idx, tgt = data.next()
-        t0 = time.perf_counter()
         lr = lr_at(step, args.steps, args.lr, warmup, args.lr * 0.1)
         set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
@@ -371,8 +391,8 @@ def train(args):
                B * T / dt, float(r["maxlogit"].max()), imb), flush=True)
     kept = times[args.skip:] if len(times) > args.skip else times
     med = statistics.median(kept)
-    print("RESULT tok_s=%.1f ms_step=%.1f params=%d steps_timed=%d threads=%d sgemm_gflops=%.1f" %
-          (B * T / med, med * 1e3, n_params, len(kept), args.threads, peak))
+    print("RESULT tok_s=%.1f ms_step=%.1f params=%d steps_timed=%d threads=%d sgemm_gflops=%.1f malloc=%s blas=%s" %
+          (B * T / med, med * 1e3, n_params, len(kept), args.threads, peak, args.malloc, args.blas))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -496,8 +516,27 @@ def main():
     ap.add_argument("--moe", default="auto", choices=["auto", "loop", "bmm"],
                     help="expert compute: loop = a matmul pair per expert; bmm = padded batched matmuls; "
                          "auto = bmm when padding costs <= 2x, else loop")
+    ap.add_argument("--malloc", default="tuned", choices=["tuned", "default"],
+                    help="tuned: glibc malloc keeps freed memory (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), the "
+                         "usual CPU-PyTorch advice (like jemalloc/tcmalloc); default: every large temporary is a "
+                         "fresh mmap whose pages fault in again")
+    ap.add_argument("--blas", default="openmp", choices=["openmp", "system"],
+                    help="openmp: load Debian's OpenMP build of OpenBLAS (%s), which shares torch's OpenMP threads, "
+                         "as ./train_moe does; system: the libblas.so.3 alternative as installed (the pthreads "
+                         "build here, whose own threads fight torch's)" % OPENBLAS_OMP)
     ap.add_argument("--check-ref", action="store_true", help="compare with dev/ref/model_ref.py and exit")
     args = ap.parse_args()
+    # both settings act at process start: re-run this script once with the environment they need
+    if os.environ.get("TORCH_K2_ENV") is None:
+        env = dict(os.environ, TORCH_K2_ENV="%s,%s" % (args.malloc, args.blas))
+        if args.malloc == "tuned":
+            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="68719476736")
+        if args.blas == "openmp":
+            if os.path.exists(os.path.join(OPENBLAS_OMP, "libblas.so.3")):
+                env["LD_LIBRARY_PATH"] = OPENBLAS_OMP + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+            else:
+                print("note: %s not found; using the system BLAS" % OPENBLAS_OMP)
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
     if args.check_ref:
         sys.exit(0 if check_ref(args) else 1)
     if args.data != "random" and not os.path.exists(args.data):
