@@ -3,7 +3,7 @@
 
 CC ?= gcc
 CFLAGS ?= -O3 -march=native
-CFLAGS += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+CFLAGS += -std=gnu11 -fopenmp -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 LDLIBS = -lm
 
 # OpenBLAS: prefer Debian's OpenMP build, whose sgemm runs single-threaded when called inside our own parallel

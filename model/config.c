@@ -54,6 +54,7 @@ int config_validate(const ModelConfig* c, char* why, size_t n) {
         if (f[i].v < f[i].min) { snprintf(why, n, "%s = %d must be >= %d", f[i].name, f[i].v, f[i].min); return 0; }
     if (c->qk_rope % 2) { snprintf(why, n, "qk_rope = %d must be even (RoPE rotates pairs)", c->qk_rope); return 0; }
     if (c->n_dense_layers > c->n_layers) { snprintf(why, n, "n_dense_layers %d > n_layers %d", c->n_dense_layers, c->n_layers); return 0; }
+    if (c->top_k > 64) { snprintf(why, n, "top_k %d > 64 is not supported", c->top_k); return 0; }
     if (c->top_k > c->n_experts) { snprintf(why, n, "top_k %d > n_experts %d", c->top_k, c->n_experts); return 0; }
     if (c->vocab_size > (1 << 30)) { snprintf(why, n, "vocab_size %d too large", c->vocab_size); return 0; }
     if (!(c->routed_scale > 0) || !(c->rope_theta > 0) || !(c->norm_eps > 0)) {

@@ -57,7 +57,7 @@ void cpu_attention_forward(void* out_, float* lse, float* maxlogit, const void* 
                 for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
                 double sum = 0.0;
                 for (int j = 0; j <= i; j++) {
-                    float e = expf(row[j] - mx);
+                    float e = exp_fast(row[j] - mx);
                     row[j] = e;
                     sum += e;
                 }
@@ -102,7 +102,7 @@ void cpu_attention_backward(void* dq_, void* dkv_, void* da_, const void* dout_,
             for (int i = 0; i < T; i++) {
                 float* row = P + (size_t)i * T;
                 float l = lse[(size_t)bh * T + i];
-                for (int j = 0; j <= i; j++) row[j] = expf(row[j] - l);
+                for (int j = 0; j <= i; j++) row[j] = exp_fast(row[j] - l);
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
             }
             const float* dO = dout + (size_t)b * T * s.o_stride + (size_t)h * dv;

@@ -12,19 +12,19 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         float* s = scores + (size_t)n * E;
-        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-s[e]));
-        // top-K of s + bias by K passes of arg-max (K is small); ties go to the lower expert id
+        for (int e = 0; e < E; e++) s[e] = sigmoid_fast(s[e]);
+        // top-K of s + bias in one pass, keeping the best K so far sorted by value (descending); a later expert
+        // must beat a value strictly, so ties go to the lower expert id
         int* chosen = sel + (size_t)n * K;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            float best_v = -INFINITY;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
-                float v = s[e] + bias[e];
-                if (!taken && (best < 0 || v > best_v)) { best = e; best_v = v; }
-            }
-            chosen[k] = best;
+        float best[64];
+        int cnt = 0;
+        for (int e = 0; e < E; e++) {
+            float v = s[e] + bias[e];
+            if (cnt == K && !(v > best[K - 1])) continue;
+            int j = cnt < K ? cnt++ : K - 1;
+            while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
+            best[j] = v;
+            chosen[j] = e;
         }
         // ascending expert order: the combine then sums in a fixed order whatever the scores were
         for (int i = 1; i < K; i++)
