@@ -14,12 +14,13 @@ typedef struct {
 static const Preset presets[] = {
     //  name       V      d     L  Ld H   q_lora kv_lora nope rope dv   E    K  f    fd    T
     {"k2-nano",  4096,  128,   4, 1, 4,  64,    32,     32,  16,  32,  384, 8, 32,  288,  256},
-    // the CPU scaling ladder (k2-nano sits between l2 and l3 in cost)
-    {"k2-l1",    4096,  64,    2, 1, 2,  32,    16,     16,  8,   16,  384, 8, 16,  144,  256},
-    {"k2-l2",    4096,  96,    3, 1, 3,  48,    24,     24,  12,  24,  384, 8, 24,  216,  256},
-    {"k2-l3",    4096,  128,   4, 1, 4,  64,    32,     32,  16,  32,  384, 8, 32,  288,  256},
-    {"k2-l4",    4096,  160,   5, 1, 5,  80,    40,     32,  16,  32,  384, 8, 40,  360,  256},
-    {"k2-l5",    4096,  192,   6, 1, 6,  96,    48,     32,  16,  32,  384, 8, 48,  432,  256},
+    // the CPU scaling ladder: compute-optimal runs (20 tokens per active parameter) from ~1 to ~15 minutes on
+    // 2 cores; k2-nano is bigger than all of them
+    {"k2-l1",    4096,  32,    2, 1, 2,  16,    8,      8,   8,   8,   384, 8, 8,   72,   256},
+    {"k2-l2",    4096,  48,    2, 1, 2,  24,    12,     16,  8,   16,  384, 8, 12,  108,  256},
+    {"k2-l3",    4096,  64,    3, 1, 2,  32,    16,     16,  8,   16,  384, 8, 16,  144,  256},
+    {"k2-l4",    4096,  80,    3, 1, 3,  40,    20,     16,  8,   16,  384, 8, 20,  180,  256},
+    {"k2-l5",    4096,  96,    3, 1, 3,  48,    24,     24,  12,  24,  384, 8, 24,  216,  256},
     // one 80 GB GPU: ~2.5B parameters in all, ~150M active; GPT-2 vocab (padded) so llm.c FineWeb shards load
     {"k2-small", 50304, 1024,  8, 1, 8,  384,   256,    128, 64,  128, 384, 8, 288, 2592, 2048},
 };
