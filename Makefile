@@ -50,7 +50,7 @@ data:
 
 train: train_moe
 	bash data/prepare_default.sh
-	./train_moe --model k2-nano
+	./train_moe --model k2-nano --overwrite
 
 test:
 	bash scripts/deps.sh test
