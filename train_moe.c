@@ -340,17 +340,7 @@ static int dir_has_run(const char* dir) {
 }
 
 static void clear_run_dir(const char* dir) {
-    checkpoint_prune(dir, 0);
-    int s;
-    while ((s = checkpoint_latest(dir)) >= 0) {
-        char path[1024];
-        snprintf(path, sizeof(path), "%s/DONE_%08d", dir, s);
-        unlink(path);
-        snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, s);
-        unlink(path);
-        snprintf(path, sizeof(path), "%s/state_%08d_r0.bin", dir, s);
-        unlink(path);
-    }
+    checkpoint_remove_all(dir);
     char path[1024];
     snprintf(path, sizeof(path), "%s/log.jsonl", dir);
     unlink(path);

@@ -263,16 +263,11 @@ void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState
     *st = saved;
 }
 
-void checkpoint_prune(const char* dir, int keep) {
-    if (keep <= 0) return;
-    int* steps;
-    int n = list_done_steps(dir, &steps);
-    // sort descending; remove everything after the first `keep`
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && steps[j - 1] < steps[j]; j--) { int t = steps[j]; steps[j] = steps[j - 1]; steps[j - 1] = t; }
-    for (int i = keep; i < n; i++) {
+// Removes the checkpoints of steps[from..n) (sorted newest first); the marker goes first, so a half-removed
+// checkpoint is never taken for a complete one.
+static void remove_steps(const char* dir, const int* steps, int from, int n) {
+    for (int i = from; i < n; i++) {
         char path[1024];
-        // the marker goes first, so a half-pruned checkpoint is never taken for a complete one
         path_of(path, sizeof(path), dir, "DONE", steps[i], -1);
         unlink(path);
         path_of(path, sizeof(path), dir, "model", steps[i], -1);
@@ -282,5 +277,28 @@ void checkpoint_prune(const char* dir, int keep) {
             if (unlink(path) != 0) break;
         }
     }
+}
+
+static int sorted_done_steps(const char* dir, int** steps) {
+    int n = list_done_steps(dir, steps);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && (*steps)[j - 1] < (*steps)[j]; j--) {
+            int t = (*steps)[j]; (*steps)[j] = (*steps)[j - 1]; (*steps)[j - 1] = t;
+        }
+    return n;
+}
+
+void checkpoint_prune(const char* dir, int keep) {
+    if (keep <= 0) return;
+    int* steps;
+    int n = sorted_done_steps(dir, &steps);
+    remove_steps(dir, steps, keep, n);
+    free(steps);
+}
+
+void checkpoint_remove_all(const char* dir) {
+    int* steps;
+    int n = sorted_done_steps(dir, &steps);
+    remove_steps(dir, steps, 0, n);
     free(steps);
 }

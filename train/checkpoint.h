@@ -40,3 +40,5 @@ int checkpoint_latest(const char* dir);
 void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState* st, int rank);
 // Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all).
 void checkpoint_prune(const char* dir, int keep);
+// Removes every complete checkpoint in dir (--overwrite).
+void checkpoint_remove_all(const char* dir);
