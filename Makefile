@@ -18,13 +18,13 @@ CFLAGS += -I/usr/include/x86_64-linux-gnu/openblas-openmp
 LDLIBS += $(BLAS_LIBS)
 
 CORE_SRC = common.c model/config.c model/params.c model/model.c \
-           model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c \
-           model/ops_select.c optim/adamw.c optim/schedule.c \
+           model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
+           model/ops_select.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c train/checkpoint.c
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h optim/*.h data/*.h train/*.h)
 
-TEST_BINS = build/tests/test_gradcheck build/tests/test_parity
+TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon
 
 .PHONY: all test data train clean
 all: train_moe

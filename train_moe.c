@@ -37,7 +37,12 @@ typedef struct {
     int warmup;
     const char* schedule;     // cosine | wsd | constant
     float decay_frac;
+    const char* optim;        // adamw | muon
     float weight_decay, beta1, beta2, adam_eps, grad_clip;
+    float muon_momentum;
+    const char* ns;           // Newton-Schulz table: default | polar
+    int muon_router;
+    float qk_clip_tau;        // QK-Clip threshold (0 = off)
     float balance_alpha, bias_gamma;
     long long seed;
     int val_every, val_batches, sample_every, sample_tokens;
@@ -62,7 +67,8 @@ static Flags flags = {
     .model = "k2-nano", .device = "auto", .train_data = "data/default/train_*.bin",
     .val_data = "data/default/val_*.bin", .tokenizer = "data/default/tokenizer.bin", .out = NULL,
     .batch_size = 8, .seq_len = 0, .vocab_size = 0, .total_batch = 0, .steps = 1000, .lr = 3e-3f,
-    .min_lr_frac = 0.1f, .warmup = -1, .schedule = "cosine", .decay_frac = 0.2f, .weight_decay = 0.1f,
+    .min_lr_frac = 0.1f, .warmup = -1, .schedule = "cosine", .decay_frac = 0.2f, .optim = "adamw",
+    .weight_decay = 0.1f, .muon_momentum = 0.95f, .ns = "default", .muon_router = 1, .qk_clip_tau = 100.0f,
     .beta1 = 0.9f, .beta2 = 0.95f, .adam_eps = 1e-8f, .grad_clip = 1.0f, .balance_alpha = 1e-4f,
     .bias_gamma = 1e-3f, .seed = 1337, .val_every = 100, .val_batches = 8, .sample_every = 250,
     .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0,
@@ -86,11 +92,16 @@ static const FlagSpec flag_specs[] = {
     {"--warmup", F_INT, &flags.warmup, "linear warmup steps (-1: steps/10, at most 100)"},
     {"--schedule", F_STR, &flags.schedule, "cosine | wsd | constant (after warmup)"},
     {"--decay-frac", F_FLOAT, &flags.decay_frac, "wsd: fraction of the run spent decaying"},
-    {"--weight-decay", F_FLOAT, &flags.weight_decay, "decoupled weight decay (matrices only)"},
+    {"--optim", F_STR, &flags.optim, "adamw | muon (Muon for the hidden matrices, AdamW for embedding, head, gains)"},
+    {"--weight-decay", F_FLOAT, &flags.weight_decay, "decoupled weight decay (not the RMSNorm gains)"},
     {"--beta1", F_FLOAT, &flags.beta1, "AdamW beta1"},
     {"--beta2", F_FLOAT, &flags.beta2, "AdamW beta2"},
     {"--adam-eps", F_FLOAT, &flags.adam_eps, "AdamW epsilon"},
     {"--grad-clip", F_FLOAT, &flags.grad_clip, "global gradient-norm clip (0 = off)"},
+    {"--muon-momentum", F_FLOAT, &flags.muon_momentum, "Muon momentum (Nesterov)"},
+    {"--ns", F_STR, &flags.ns, "Newton-Schulz coefficients: default (3.4445, -4.7750, 2.0315) x5 | polar (Polar Express)"},
+    {"--muon-router", F_INT, &flags.muon_router, "1: the router matrices use Muon, 0: AdamW"},
+    {"--qk-clip-tau", F_FLOAT, &flags.qk_clip_tau, "QK-Clip: rescale a head's q/k weights when its max logit passes this (0 = off)"},
     {"--balance-alpha", F_FLOAT, &flags.balance_alpha, "sequence-wise balance loss weight"},
     {"--bias-gamma", F_FLOAT, &flags.bias_gamma, "aux-loss-free router bias update speed (0 = off)"},
     {"--seed", F_LLONG, &flags.seed, "seed for the initial weights, data order and samples"},
@@ -192,6 +203,12 @@ static void check_flags(void) {
     if (flags.grad_clip < 0) fatal("flag --grad-clip = %g must be >= 0", flags.grad_clip);
     if (flags.balance_alpha < 0) fatal("flag --balance-alpha = %g must be >= 0", flags.balance_alpha);
     if (flags.bias_gamma < 0) fatal("flag --bias-gamma = %g must be >= 0", flags.bias_gamma);
+    if (strcmp(flags.optim, "adamw") && strcmp(flags.optim, "muon"))
+        fatal("flag --optim = '%s' must be adamw or muon", flags.optim);
+    if (!(flags.muon_momentum >= 0 && flags.muon_momentum < 1)) fatal("flag --muon-momentum = %g must be in [0, 1)", flags.muon_momentum);
+    if (strcmp(flags.ns, "default") && strcmp(flags.ns, "polar")) fatal("flag --ns = '%s' must be default or polar", flags.ns);
+    if (flags.muon_router != 0 && flags.muon_router != 1) fatal("flag --muon-router = %d must be 0 or 1", flags.muon_router);
+    if (flags.qk_clip_tau < 0) fatal("flag --qk-clip-tau = %g must be >= 0 (0 turns it off)", flags.qk_clip_tau);
     if (flags.peak_gflops < 0) fatal("flag --peak-gflops = %g must be >= 0", flags.peak_gflops);
     if (flags.resume && flags.overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
     if (strcmp(flags.device, "auto") && strcmp(flags.device, "cpu") && strcmp(flags.device, "cuda"))
@@ -440,15 +457,17 @@ int main(int argc, char** argv) {
     Model model;
     model_init(&model, &cfg, ops, NULL, (uint64_t)flags.seed);
     model.balance_alpha = flags.balance_alpha;
-    AdamW opt;
-    adamw_init(&opt, &model, flags.beta1, flags.beta2, flags.adam_eps, flags.weight_decay);
+    OptimConfig ocfg = {!strcmp(flags.optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, flags.beta1, flags.beta2,
+                        flags.adam_eps, flags.weight_decay, flags.muon_momentum, flags.ns, flags.muon_router};
+    Optimizer opt;
+    optimizer_init(&opt, &model, &ocfg);
     TrainState st = {0};
     st.micro_batch = B;
     st.seq_len = T;
     st.grad_accum = grad_accum;
     st.world = world;
     st.seed = (uint64_t)flags.seed;
-    snprintf(st.optimizer, sizeof(st.optimizer), "adamw");
+    snprintf(st.optimizer, sizeof(st.optimizer), "%s", optim_kind_name(ocfg.kind));
     rng_seed(&st.sample_rng, (uint64_t)flags.seed ^ 0x5A4D504C45ULL);
     if (resume_step >= 0) {
         checkpoint_load(out_dir, resume_step, &model, &opt, &st, rank);
@@ -485,9 +504,21 @@ int main(int argc, char** argv) {
     config_print(&cfg, stdout);
     printf("device %s, %d threads; batch %d x %d tokens x %d micro-batches x %d ranks = %lld tokens/step\n",
            ops->name, threads, B, T, grad_accum, world, total_batch);
-    printf("optimizer adamw lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g\n", flags.lr,
-           flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip, flags.balance_alpha,
-           flags.bias_gamma);
+    printf("optimizer %s lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g; QK-Clip tau %g\n",
+           flags.optim, flags.lr, flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip,
+           flags.balance_alpha, flags.bias_gamma, flags.qk_clip_tau);
+    if (ocfg.kind == OPTIM_MUON) {
+        double ns_flops = 0;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++)
+            if (opt.use_muon[i]) {
+                const ParamTensor* t = &model.layout[i];
+                ns_flops += (double)t->count * t->row_blocks * newton_schulz_flops(t->rows / t->row_blocks, t->cols, opt.ns_steps);
+            }
+        printf("muon: momentum %g (Nesterov), %s Newton-Schulz x%d, router %s; %.2fM parameters on Muon, %.2fM on AdamW; "
+               "Newton-Schulz %.2f GFLOP per step (%.0f%% of the step's model FLOPs)\n",
+               flags.muon_momentum, flags.ns, opt.ns_steps, flags.muon_router ? "Muon" : "AdamW", opt.muon_n / 1e6,
+               opt.adam_n / 1e6, ns_flops / 1e9, 100.0 * ns_flops / (flops_per_token * total_batch));
+    }
     printf("data: %d train shard(s), %llu tokens, %zu windows; val %s; tokenizer %s\n", train.n_shards,
            (unsigned long long)dataloader_total_tokens(&train), train.n_windows,
            have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
@@ -502,9 +533,9 @@ int main(int argc, char** argv) {
     }
     fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
-            "\"world\":%d,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
+            "\"world\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
             cfg.name, model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
-            grad_accum, world, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
+            grad_accum, world, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
     fflush(json_log);
 
     // --- training loop
@@ -544,7 +575,7 @@ int main(int argc, char** argv) {
         float loss = (float)(ce + aux);
         float norm = grad_global_norm(&model);
         float lr = lr_at(&sched, step);
-        int skipped = 0;
+        int skipped = 0, heads_clipped = 0;
         if (!isfinite(loss) || !isfinite(norm)) {
             // a non-finite loss or gradient never reaches the weights
             skipped = 1;
@@ -555,8 +586,9 @@ int main(int argc, char** argv) {
                       checkpoint_latest(out_dir) >= 0 ? "Resume from the last checkpoint with --resume" : "No checkpoint was written");
         } else {
             bad_in_row = 0;
-            adamw_step(&opt, &model, lr, grad_clip_scale(norm, flags.grad_clip));
+            optimizer_step(&opt, &model, lr, grad_clip_scale(norm, flags.grad_clip));
             if (flags.bias_gamma > 0) model_update_router_bias(&model, flags.bias_gamma);
+            heads_clipped = qk_clip(&model, flags.qk_clip_tau, NULL);
         }
         ops->sync();
         double dt = wall_seconds() - t0;
@@ -586,10 +618,12 @@ int main(int argc, char** argv) {
         double mfu = flops_per_token * tok_s / (peak * 1e9);
         char eta[32];
         format_duration(eta, sizeof(eta), (time_sum / time_count) * (flags.steps - step - 1));
-        printf("step %5d/%d | loss %.4f (aux %.4f) | lr %.2e | norm %.3f | %6.0f ms | %7.0f tok/s | MFU %4.1f%% | "
-               "maxlogit %.2f | load max/mean %.2f | ETA %s%s\n",
-               step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, tok_s, 100 * mfu, max_logit, worst_imb, eta,
-               skipped ? " | SKIPPED (non-finite)" : "");
+        char clip_note[32] = "";
+        if (heads_clipped) snprintf(clip_note, sizeof(clip_note), " (%d clipped)", heads_clipped);
+        printf("step %5d/%d | loss %.4f (aux %.4f) | lr %.2e | norm %.3f | %6.0f ms (opt %.0f) | %7.0f tok/s | MFU %4.1f%% | "
+               "maxlogit %.2f%s | load max/mean %.2f | ETA %s%s\n",
+               step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, opt.seconds * 1e3, tok_s, 100 * mfu, max_logit,
+               clip_note, worst_imb, eta, skipped ? " | SKIPPED (non-finite)" : "");
         fprintf(json_log, "{\"type\":\"step\",\"step\":%d", step + 1);
         json_num(json_log, "loss", loss);
         json_num(json_log, "ce", ce);
@@ -600,7 +634,12 @@ int main(int argc, char** argv) {
         json_num(json_log, "tok_s", tok_s);
         json_num(json_log, "mfu", mfu);
         json_num(json_log, "max_logit", max_logit);
-        fprintf(json_log, ",\"skipped\":%d,\"max_logit_layer\":", skipped);
+        json_num(json_log, "opt_ms", opt.seconds * 1e3);
+        if (ocfg.kind == OPTIM_MUON) {
+            json_num(json_log, "muon_update_rms", opt.muon_update_rms);
+            json_num(json_log, "ns_gflop", opt.ns_flops / 1e9);
+        }
+        fprintf(json_log, ",\"heads_clipped\":%d,\"skipped\":%d,\"max_logit_layer\":", heads_clipped, skipped);
         json_float_array(json_log, layer_max, L);
         fprintf(json_log, ",\"load_imbalance\":");
         json_float_array(json_log, imbalance, Lm);
@@ -621,7 +660,7 @@ int main(int argc, char** argv) {
     free(inputs); free(targets); free(maxlogit); free(load); free(layer_max); free(imbalance);
     acts_free(&acts, &model);
     acts_free(&sample_acts, &model);
-    adamw_free(&opt, &model);
+    optimizer_free(&opt, &model);
     model_free(&model);
     dataloader_free(&train);
     if (have_val) dataloader_free(&val);

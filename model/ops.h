@@ -117,6 +117,14 @@ typedef struct Ops {
     // AdamW on n elements (MODEL.md); grad_scale multiplies g first (the clip); step is 1-based
     void (*adamw_update)(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2,
                          float eps, float wd, float grad_scale, int step);
+    // Muon: m = mu m + g * grad_scale, u = g * grad_scale + mu m (n elements)
+    void (*muon_momentum)(float* m, float* u, const float* g, size_t n, float mu, float grad_scale);
+    // x (batch, rows, cols) <- Newton-Schulz orthogonalisation of each matrix (MODEL.md); coeffs (steps, 3)
+    void (*newton_schulz)(float* x, int batch, int rows, int cols, const float* coeffs, int steps);
+    // p = p - lr (scale o + wd p); returns the sum over n of (scale o)^2
+    double (*muon_update)(float* p, const float* o, size_t n, float lr, float scale, float wd);
+    // QK-Clip: rows [row0, row0 + nrows) of w (., cols) *= factor
+    void (*scale_rows)(float* w, int row0, int nrows, int cols, float factor);
 } Ops;
 
 extern const Ops ops_cpu;

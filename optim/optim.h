@@ -1,4 +1,5 @@
-// optim/optim.h: AdamW and learning-rate schedules. (Muon and QK-Clip join here.)
+// optim/optim.h: the optimizers (AdamW; Muon with AdamW for the non-matrix tensors), QK-Clip, gradient clipping
+// and learning-rate schedules. The formulas are in model/MODEL.md.
 #pragma once
 #include "../model/model.h"
 
@@ -18,18 +19,54 @@ float lr_at(const LRSchedule* s, int step);  // step is 0-based
 int lr_shape_parse(const char* name, LRShape* out);
 const char* lr_shape_name(LRShape s);
 
-// ---- AdamW
-typedef struct {
-    float b1, b2, eps, weight_decay;
-    float* m;    // (num_params) first moment, backend memory
-    float* v;    // (num_params) second moment
-    int t;       // updates applied so far
-} AdamW;
+// ---- the optimizer: AdamW for everything, or Muon for the hidden matrices and AdamW for the rest
+typedef enum { OPTIM_ADAMW, OPTIM_MUON } OptimKind;
 
-void adamw_init(AdamW* opt, const Model* model, float b1, float b2, float eps, float weight_decay);
-void adamw_free(AdamW* opt, const Model* model);
-// One update of every parameter with gradient grads * grad_scale; weight decay only where param_decays().
-void adamw_step(AdamW* opt, Model* model, float lr, float grad_scale);
+typedef struct {
+    OptimKind kind;
+    float b1, b2, eps;      // AdamW
+    float weight_decay;     // both (decoupled; AdamW skips the RMSNorm gains)
+    float mu;               // Muon momentum (Nesterov)
+    const char* ns_table;   // "default" (Keller Jordan's 5 x (3.4445, -4.7750, 2.0315)) or "polar" (Polar Express)
+    int muon_router;        // 1: the router matrices go to Muon, 0: to AdamW
+} OptimConfig;
+
+typedef struct {
+    OptimConfig cfg;
+    int use_muon[NUM_PARAM_TENSORS];     // 1: this tensor's matrices are updated by Muon
+    size_t state_off[NUM_PARAM_TENSORS]; // the tensor's first element in adam_m/adam_v, or in muon_m
+    float* adam_m;          // (adam_n) AdamW first moment of the AdamW tensors, backend memory
+    float* adam_v;          // (adam_n) second moment
+    size_t adam_n;
+    float* muon_m;          // (muon_n) Muon momentum of the Muon tensors
+    size_t muon_n;
+    float* scratch;         // (largest Muon tensor) Nesterov input, orthogonalised in place
+    size_t scratch_n;
+    int ns_steps;
+    float ns_coeffs[3 * 8]; // (ns_steps, 3) per-iteration (a, b, c)
+    int t;                  // updates applied so far
+    // telemetry of the last step
+    double muon_update_rms; // RMS of 0.2 sqrt(max(A,B)) O over all Muon elements (~0.2 for full-rank updates)
+    double ns_flops;        // Newton-Schulz FLOPs of the last step (overhead, not model FLOPs)
+    double seconds;         // wall time of the last step (update + clip bookkeeping)
+} Optimizer;
+
+// Validates cfg (a bad ns_table is fatal, naming --ns) and allocates the state.
+void optimizer_init(Optimizer* opt, const Model* model, const OptimConfig* cfg);
+void optimizer_free(Optimizer* opt, const Model* model);
+const char* optim_kind_name(OptimKind k);
+// One update of every parameter with gradient grads * grad_scale at learning rate lr; refreshes the compute
+// copy of the weights afterwards.
+void optimizer_step(Optimizer* opt, Model* model, float lr, float grad_scale);
+// Newton-Schulz FLOPs of one (rows, cols) matrix with the given number of iterations: steps (4 n^2 m + 2 n^3).
+double newton_schulz_flops(int rows, int cols, int steps);
+// Fills coeffs (steps x 3) for a table name; returns the number of steps, 0 if the name is unknown.
+int newton_schulz_table(const char* name, float* coeffs);
+
+// ---- QK-Clip (MuonClip): after the update, every head whose max scaled logit this step passed tau has its
+// query/key rows rescaled (MODEL.md). Returns the number of heads clipped; clipped (L*H) gets 0/1 flags if not
+// NULL. tau <= 0 does nothing.
+int qk_clip(Model* model, float tau, int* clipped);
 
 // ---- gradient clipping: global L2 norm of all gradients, and the factor that brings it to at most clip
 float grad_global_norm(const Model* model);

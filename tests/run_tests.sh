@@ -35,6 +35,9 @@ run() {  # run NAME CMD...: runs the command, shows its output, adds up its summ
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck
 
+# Muon's Newton-Schulz (spectrum, singular vectors, batching) and QK-Clip
+run muon ./build/tests/test_muon
+
 # whole model vs the float64 PyTorch reference: the default small config, and K2's routing shape (384 experts, top-8)
 if $PY -c 'import torch, numpy' 2>/dev/null; then
     $PY dev/ref/model_ref.py --out "$TMP/ref_tiny.bin" > "$TMP/ref_tiny.log" 2>&1 || { cat "$TMP/ref_tiny.log"; }

@@ -6,7 +6,8 @@
 //   the first forward: logits, cross-entropy, balance loss, per-head max logits, the experts chosen;
 //   the first backward: every parameter tensor's gradient and the global gradient norm;
 //   the same forward/backward as two accumulated micro-batches of half the size;
-//   n AdamW steps (clip, schedule, router-bias update): the loss before each, the lr, parameters and bias after.
+//   n optimizer steps (AdamW, or Muon + AdamW, with clip, schedule, router-bias update and QK-Clip): the loss and
+//   the per-head max logits before each, the lr, the heads clipped, parameters and bias after.
 #include "../model/model.h"
 #include "../optim/optim.h"
 #include "test_util.h"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
     float fhd[64];
     rd(ih, sizeof(ih));
     rd(fhd, sizeof(fhd));
-    if (ih[0] != 20261126 || ih[1] != 1) { fprintf(stderr, "error: %s is not a debug-state file v1\n", path); return 2; }
+    if (ih[0] != 20261126 || ih[1] != 2) { fprintf(stderr, "error: %s is not a debug-state file v2\n", path); return 2; }
     ModelConfig c = {0};
     snprintf(c.name, sizeof(c.name), "parity");
     c.vocab_size = ih[2]; c.d_model = ih[3]; c.n_layers = ih[4]; c.n_dense_layers = ih[5]; c.n_heads = ih[6];
@@ -64,14 +65,18 @@ int main(int argc, char** argv) {
     float alpha = fhd[3], gamma = fhd[4];
     LRSchedule sched = {LR_COSINE, fhd[5], fhd[6], ih[20], ih[21], 0};
     float b1 = fhd[7], b2 = fhd[8], adam_eps = fhd[9], wd = fhd[10], clip = fhd[11];
+    OptimConfig ocfg = {ih[22] == 1 ? OPTIM_MUON : OPTIM_ADAMW, b1, b2, adam_eps, wd, fhd[12], ih[24] == 1 ? "polar" : "default",
+                        ih[23]};
+    float tau = fhd[13];
     char why[256];
     if (!config_validate(&c, why, sizeof(why))) { fprintf(stderr, "error: %s: %s\n", path, why); return 2; }
     ParamTensor layout[NUM_PARAM_TENSORS];
     size_t n = param_layout(&c, layout);
     if ((size_t)ih[19] != n) { fprintf(stderr, "error: %s has %d params, layout says %zu\n", path, ih[19], n); return 2; }
     int N = B * T, V = c.vocab_size, L = c.n_layers, H = c.n_heads, K = c.top_k, Lm = cfg_n_moe(&c), E = c.n_experts;
-    printf("parity: %s  V=%d d=%d L=%d (dense %d) H=%d E=%d K=%d B=%d T=%d, %zu params, %d steps\n", path, V,
-           c.d_model, L, c.n_dense_layers, H, E, K, B, T, n, n_steps);
+    printf("parity: %s  V=%d d=%d L=%d (dense %d) H=%d E=%d K=%d B=%d T=%d, %zu params, %d %s steps (ns %s, "
+           "router %s), QK-Clip tau %g\n", path, V, c.d_model, L, c.n_dense_layers, H, E, K, B, T, n, n_steps,
+           optim_kind_name(ocfg.kind), ocfg.ns_table, ocfg.muon_router ? "muon" : "adamw", tau);
 
     int* tokens = rd_i32(N);
     int* targets = rd_i32(N);
@@ -88,6 +93,8 @@ int main(int argc, char** argv) {
     float* ref_step_lr = rd_f32(n_steps);
     double* ref_params_after = to_f64(rd_f32(n), n);
     double* ref_bias_after = to_f64(rd_f32((size_t)Lm * E), (size_t)Lm * E);
+    double* ref_step_maxlogit = to_f64(rd_f32((size_t)n_steps * L * H), (size_t)n_steps * L * H);
+    int* ref_step_clipped = rd_i32(n_steps);
     if (fgetc(fh) != EOF) { fprintf(stderr, "error: %s has trailing bytes\n", path); return 2; }
     fclose(fh);
 
@@ -151,10 +158,23 @@ int main(int argc, char** argv) {
         skip("2 micro-batches: B = %d does not split in two", B);
     }
 
-    // ---- n AdamW steps on the same batch
-    AdamW opt;
-    adamw_init(&opt, &m, b1, b2, adam_eps, wd);
+    // ---- n optimizer steps on the same batch
+    Optimizer opt;
+    optimizer_init(&opt, &m, &ocfg);
+    if (ocfg.kind == OPTIM_MUON) {
+        // the split the reference makes: every hidden matrix on Muon (router optional), the rest on AdamW
+        size_t muon_expect = 0;
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+            if (m.layout[t].kind == PARAM_MATRIX && (t != P_ROUTER || ocfg.muon_router)) muon_expect += m.layout[t].numel;
+        check(opt.muon_n == muon_expect && opt.muon_n + opt.adam_n == n && !opt.use_muon[P_WTE] &&
+              !opt.use_muon[P_LM_HEAD] && !opt.use_muon[P_ATTN_NORM] && opt.use_muon[P_EXPERT_W13] &&
+              opt.use_muon[P_ROUTER] == ocfg.muon_router,
+              "muon takes the hidden matrices (%zu params%s), AdamW the embedding, head and gains (%zu params)",
+              opt.muon_n, ocfg.muon_router ? " incl. router" : ", router on AdamW", opt.adam_n);
+    }
     float worst_loss = 0, worst_lr = 0;
+    double worst_ml = 0;
+    int clipped_diff = 0, clipped_total = 0;
     for (int s = 0; s < n_steps; s++) {
         model_zero_grad(&m);
         model_zero_step_stats(&m);
@@ -164,19 +184,29 @@ int main(int argc, char** argv) {
         float lr = lr_at(&sched, s);
         worst_loss = fmaxf(worst_loss, fabsf(loss - ref_step_loss[s]) / fabsf(ref_step_loss[s]));
         worst_lr = fmaxf(worst_lr, fabsf(lr - ref_step_lr[s]) / ref_step_lr[s]);
-        printf("  step %d: loss %.7f (ref %.7f) lr %.6g (ref %.6g)\n", s, loss, ref_step_loss[s], lr, ref_step_lr[s]);
-        adamw_step(&opt, &m, lr, grad_clip_scale(grad_global_norm(&m), clip));
+        model_get_maxlogit(&m, maxlogit);
+        worst_ml = fmax(worst_ml, worst_ratio(maxlogit, ref_step_maxlogit + (size_t)s * L * H, (size_t)L * H, 1e-6, 1e-5, NULL));
+        optimizer_step(&opt, &m, lr, grad_clip_scale(grad_global_norm(&m), clip));
         model_update_router_bias(&m, gamma);
+        int clipped = qk_clip(&m, tau, NULL);
+        clipped_diff += clipped != ref_step_clipped[s];
+        clipped_total += clipped;
+        printf("  step %d: loss %.7f (ref %.7f) lr %.6g (ref %.6g) heads clipped %d (ref %d)%s\n", s, loss,
+               ref_step_loss[s], lr, ref_step_lr[s], clipped, ref_step_clipped[s],
+               ocfg.kind == OPTIM_MUON ? "" : "");
     }
-    check(worst_loss <= 1e-5, "%d AdamW steps: worst relative loss difference %.2e (tol 1e-5)", n_steps, worst_loss);
-    check(worst_lr <= 1e-6, "%d AdamW steps: worst relative lr difference %.2e (tol 1e-6)", n_steps, worst_lr);
+    check(worst_loss <= 1e-5, "%d steps: worst relative loss difference %.2e (tol 1e-5)", n_steps, worst_loss);
+    check(worst_lr <= 1e-6, "%d steps: worst relative lr difference %.2e (tol 1e-6)", n_steps, worst_lr);
+    check(worst_ml <= 1.0, "%d steps: per-head max logits before each update, worst ratio %.3f (tol 1e-5 rel)", n_steps, worst_ml);
+    check(clipped_diff == 0, "%d steps: heads clipped per step match the reference (%d in all, tau %g)", n_steps,
+          clipped_total, tau);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor* p = &m.layout[t];
         if (p->numel == 0) continue;
-        // AdamW moves every parameter by O(lr) per step whatever its gradient's size, so a gradient at float32
-        // rounding level (|g| ~ 1e-9, next to eps) can move by a different fraction of lr in C than in float64,
-        // and later steps carry that on. So: the change of the whole tensor must match closely (rel_l2 of the
-        // update), and no element may be off by more than 5% of one step's lr.
+        // AdamW and Muon move every parameter by O(lr) per step whatever its gradient's size, so a gradient at
+        // float32 rounding level (|g| ~ 1e-9, next to Adam's eps) can move by a different fraction of lr in C
+        // than in float64, and later steps carry that on. So: the change of the whole tensor must match closely
+        // (rel_l2 of the update), and no element may be off by more than 5% of one step's lr.
         double num = 0.0, den = 0.0, worst_abs = 0.0;
         size_t off_count = 0;
         for (size_t i = 0; i < p->numel; i++) {
@@ -199,7 +229,7 @@ int main(int argc, char** argv) {
     check(w <= 1.0, "after %d steps: router bias worst ratio %.3f (tol 1e-7 + 1e-6 rel)", n_steps, w);
 
     acts_free(&a, &m);
-    adamw_free(&opt, &m);
+    optimizer_free(&opt, &m);
     model_free(&m);
     return tests_summary();
 }

@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 static int tests_passed = 0, tests_failed = 0, tests_skipped = 0;
 
 __attribute__((format(printf, 2, 3))) static int check(int ok, const char* fmt, ...) {

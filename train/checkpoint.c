@@ -78,7 +78,7 @@ static void config_to_header(const ModelConfig* c, int32_t* h) {
 static const char* const header_field_names[] = {"vocab_size", "d_model", "n_layers", "n_dense_layers", "n_heads",
     "q_lora", "kv_lora", "qk_nope", "qk_rope", "v_head", "n_experts", "top_k", "moe_hidden", "dense_hidden", "seq_len"};
 
-void checkpoint_save(const char* dir, const Model* m, const AdamW* opt, const TrainState* st, int rank) {
+void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, const TrainState* st, int rank) {
     ensure_dir(dir);
     const Ops* ops = m->ops;
     char path[1024];
@@ -106,17 +106,20 @@ void checkpoint_save(const char* dir, const Model* m, const AdamW* opt, const Tr
         free(host);
     }
     // this rank's state
-    float* mom1 = xmalloc(n * sizeof(float));
-    float* mom2 = xmalloc(n * sizeof(float));
-    ops->to_host(mom1, opt->m, n * sizeof(float));
-    ops->to_host(mom2, opt->v, n * sizeof(float));
-    int32_t adam_t = opt->t;
+    float* mom1 = xmalloc((opt->adam_n ? opt->adam_n : 1) * sizeof(float));
+    float* mom2 = xmalloc((opt->adam_n ? opt->adam_n : 1) * sizeof(float));
+    float* mmu = xmalloc((opt->muon_n ? opt->muon_n : 1) * sizeof(float));
+    ops->to_host(mom1, opt->adam_m, opt->adam_n * sizeof(float));
+    ops->to_host(mom2, opt->adam_v, opt->adam_n * sizeof(float));
+    ops->to_host(mmu, opt->muon_m, opt->muon_n * sizeof(float));
+    int32_t opt_t = opt->t;
     TrainState copy = *st;
     StateSection sec[] = {
         {"train_state", &copy, sizeof(copy)},
-        {"adamw_t", &adam_t, sizeof(adam_t)},
-        {"adamw_m", mom1, n * sizeof(float)},
-        {"adamw_v", mom2, n * sizeof(float)},
+        {"opt_t", &opt_t, sizeof(opt_t)},
+        {"adamw_m", mom1, opt->adam_n * sizeof(float)},
+        {"adamw_v", mom2, opt->adam_n * sizeof(float)},
+        {"muon_m", mmu, opt->muon_n * sizeof(float)},
     };
     int nsec = sizeof(sec) / sizeof(sec[0]);
     path_of(path, sizeof(path), dir, "state", st->step, rank);
@@ -135,6 +138,7 @@ void checkpoint_save(const char* dir, const Model* m, const AdamW* opt, const Tr
     atomic_close(&af);
     free(mom1);
     free(mom2);
+    free(mmu);
     // the marker comes last (under MPI, after a barrier: every rank's state is on disk)
     if (rank == 0) {
         path_of(path, sizeof(path), dir, "DONE", st->step, -1);
@@ -176,7 +180,7 @@ static void read_exact(FILE* f, void* dst, size_t bytes, const char* path) {
     if (bytes && fread(dst, 1, bytes, f) != bytes) fatal("checkpoint: %s is truncated", path);
 }
 
-void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState* st, int rank) {
+void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank) {
     const Ops* ops = m->ops;
     char path[1024];
     size_t n = m->num_params;
@@ -220,7 +224,7 @@ void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState
     if (sh[0] != STATE_MAGIC || sh[1] != CKPT_VERSION) fatal("checkpoint: %s is not a train_moe state file", path);
     if (sh[2] != step || sh[3] != rank) fatal("checkpoint: %s is for step %d rank %d", path, sh[2], sh[3]);
     TrainState saved;
-    int got_state = 0, got_t = 0, got_m = 0, got_v = 0;
+    int got_state = 0, got_t = 0, got_m = 0, got_v = 0, got_mu = 0;
     for (int i = 0; i < sh[4]; i++) {
         char name[32];
         uint64_t bytes;
@@ -231,26 +235,28 @@ void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState
         size_t expect = 0;
         int is_device = 0;
         if (!strcmp(name, "train_state")) { dst = &saved; expect = sizeof(saved); got_state = 1; }
-        else if (!strcmp(name, "adamw_t")) { dst = &opt->t; expect = sizeof(int32_t); got_t = 1; }
-        else if (!strcmp(name, "adamw_m")) { dst = opt->m; expect = n * sizeof(float); is_device = 1; got_m = 1; }
-        else if (!strcmp(name, "adamw_v")) { dst = opt->v; expect = n * sizeof(float); is_device = 1; got_v = 1; }
+        else if (!strcmp(name, "opt_t")) { dst = &opt->t; expect = sizeof(int32_t); got_t = 1; }
+        else if (!strcmp(name, "adamw_m")) { dst = opt->adam_m; expect = opt->adam_n * sizeof(float); is_device = 1; got_m = 1; }
+        else if (!strcmp(name, "adamw_v")) { dst = opt->adam_v; expect = opt->adam_n * sizeof(float); is_device = 1; got_v = 1; }
+        else if (!strcmp(name, "muon_m")) { dst = opt->muon_m; expect = opt->muon_n * sizeof(float); is_device = 1; got_mu = 1; }
         else fatal("checkpoint: %s has a section '%s' this build does not know", path, name);
-        if (bytes != expect) fatal("checkpoint: %s section '%s' has %llu bytes, expected %zu", path, name,
-                                   (unsigned long long)bytes, expect);
+        if (bytes != expect)
+            fatal("checkpoint: %s section '%s' has %llu bytes, this run's optimizer needs %zu (different --optim, "
+                  "--muon-router or model?)", path, name, (unsigned long long)bytes, expect);
         if (is_device) {
-            void* tmp = xmalloc(bytes);
+            void* tmp = xmalloc(bytes ? bytes : 1);
             read_exact(f, tmp, bytes, path);
             ops->to_device(dst, tmp, bytes);
             free(tmp);
         } else {
             read_exact(f, dst, bytes, path);
         }
+        if (dst == &saved && strcmp(saved.optimizer, st->optimizer) != 0)
+            fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved.optimizer, st->optimizer);
     }
     fclose(f);
-    if (!(got_state && got_t && got_m && got_v)) fatal("checkpoint: %s is missing optimizer or training state", path);
+    if (!(got_state && got_t && got_m && got_v && got_mu)) fatal("checkpoint: %s is missing optimizer or training state", path);
     // the run's layout must match, or the continuation would not be the same run
-    if (strcmp(saved.optimizer, st->optimizer) != 0)
-        fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved.optimizer, st->optimizer);
     struct { const char* flag; long long a, b; } chk[] = {
         {"--batch-size", saved.micro_batch, st->micro_batch}, {"--seq-len", saved.seq_len, st->seq_len},
         {"--total-batch (micro-batches per step)", saved.grad_accum, st->grad_accum},

@@ -22,7 +22,7 @@ typedef struct {
     int grad_accum;         // micro-batches per step
     int world;              // ranks
     uint64_t seed;
-    char optimizer[16];     // "adamw"
+    char optimizer[16];     // "adamw" or "muon"
 } TrainState;
 
 // A named blob in a state file; a loader asks for each by name, so later sections (Muon momentum, spike
@@ -33,11 +33,11 @@ typedef struct {
     size_t bytes;
 } StateSection;
 
-void checkpoint_save(const char* dir, const Model* m, const AdamW* opt, const TrainState* st, int rank);
+void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, const TrainState* st, int rank);
 // The newest step with a DONE marker in dir, or -1.
 int checkpoint_latest(const char* dir);
 // Loads step `step`; any mismatch with the running configuration is fatal with the file named.
-void checkpoint_load(const char* dir, int step, Model* m, AdamW* opt, TrainState* st, int rank);
+void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank);
 // Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all).
 void checkpoint_prune(const char* dir, int keep);
 // Removes every complete checkpoint in dir (--overwrite).

@@ -56,6 +56,11 @@ double cpu_sum_squares(const float* g, size_t n);
 void cpu_adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
                       float wd, float grad_scale, int step);
 
+void cpu_muon_momentum(float* m, float* u, const float* g, size_t n, float mu, float grad_scale);
+void cpu_newton_schulz(float* x, int batch, int rows, int cols, const float* coeffs, int steps);
+double cpu_muon_update(float* p, const float* o, size_t n, float lr, float scale, float wd);
+void cpu_scale_rows(float* w, int row0, int nrows, int cols, float factor);
+
 void cpu_attention_forward(void* out, float* lse, float* maxlogit, const void* q, const void* kv, const void* a,
                            int B, int T, int H, int nope, int rope, int dv, int kv_lora);
 void cpu_attention_backward(void* dq, void* dkv, void* da, const void* dout, const void* q, const void* kv,

@@ -1,5 +1,5 @@
 // model/cpu/dense.c: the CPU ops that are not attention or MoE: embedding, RMSNorm, matmul, residual adds, SwiGLU,
-// RoPE, cross-entropy, and the optimizer's element-wise kernels. fp32 throughout; sums that decide a result
+// RoPE and cross-entropy. fp32 throughout; sums that decide a result
 // (norms, softmax denominators) are carried in double so that the CPU stays the most exact backend.
 #include "cpu.h"
 
@@ -213,41 +213,3 @@ void cpu_crossentropy_backward(void* dlogits_, const void* logits_, const int* t
     }
 }
 
-// ----------------------------------------------------------------------------
-// optimizer kernels
-
-double cpu_sum_squares(const float* g, size_t n) {
-    // fixed chunks summed in order: the result does not depend on the thread count
-    const size_t chunk = 1 << 16;
-    size_t nchunks = (n + chunk - 1) / chunk;
-    double* part = xcalloc(nchunks ? nchunks : 1, sizeof(double));
-    #pragma omp parallel for
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t e = (c + 1) * chunk < n ? (c + 1) * chunk : n;
-        double s = 0.0;
-        #pragma omp simd reduction(+ : s)
-        for (size_t i = c * chunk; i < e; i++) s += (double)g[i] * g[i];
-        part[c] = s;
-    }
-    double total = 0.0;
-    for (size_t c = 0; c < nchunks; c++) total += part[c];
-    free(part);
-    return total;
-}
-
-void cpu_adamw_update(float* restrict p, const float* restrict g, float* restrict m, float* restrict v, size_t n,
-                      float lr, float b1, float b2, float eps, float wd, float grad_scale, int step) {
-    // bias corrections folded into two multipliers, so the loop is multiplies, one sqrt and one divide (vectorised)
-    float inv_bc1 = (float)(1.0 / (1.0 - pow((double)b1, step)));
-    float inv_bc2 = (float)(1.0 / (1.0 - pow((double)b2, step)));
-    float decay = 1.0f - lr * wd;  // p - lr wd p
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * grad_scale;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = decay * p[i] - lr * (mi * inv_bc1) / (sqrtf(vi * inv_bc2) + eps);
-    }
-}

@@ -55,4 +55,8 @@ const Ops ops_cpu = {
     .crossentropy_backward = cpu_crossentropy_backward,
     .sum_squares = cpu_sum_squares,
     .adamw_update = cpu_adamw_update,
+    .muon_momentum = cpu_muon_momentum,
+    .newton_schulz = cpu_newton_schulz,
+    .muon_update = cpu_muon_update,
+    .scale_rows = cpu_scale_rows,
 };
