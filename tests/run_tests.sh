@@ -40,10 +40,21 @@ run muon ./build/tests/test_muon
 
 # whole model vs the float64 PyTorch reference: the default small config, and K2's routing shape (384 experts, top-8)
 if $PY -c 'import torch, numpy' 2>/dev/null; then
-    $PY dev/ref/model_ref.py --out "$TMP/ref_tiny.bin" > "$TMP/ref_tiny.log" 2>&1 || { cat "$TMP/ref_tiny.log"; }
-    run "parity (tiny)" ./build/tests/test_parity "$TMP/ref_tiny.bin"
-    $PY dev/ref/model_ref.py --config k2route --out "$TMP/ref_k2route.bin" > "$TMP/ref_k2.log" 2>&1 || { cat "$TMP/ref_k2.log"; }
-    run "parity (k2 routing)" ./build/tests/test_parity "$TMP/ref_k2route.bin"
+    # parity NAME REFERENCE_ARGS...: the reference writes a debug state, the C model must match it
+    parity() {
+        local name=$1; shift
+        if $PY dev/ref/model_ref.py "$@" --out "$TMP/ref_$name.bin" > "$TMP/ref_$name.log" 2>&1; then
+            run "parity ($name)" ./build/tests/test_parity "$TMP/ref_$name.bin"
+        else
+            echo "==== parity ($name)"; cat "$TMP/ref_$name.log"
+            echo "FAIL parity ($name): dev/ref/model_ref.py $* failed"; failed=$((failed + 1))
+        fi
+    }
+    parity adamw                                   # small config, 3 AdamW steps
+    parity k2-routing --config k2route             # K2's routing shape: 384 experts, top-8
+    parity muonclip --config tiny_muon             # 3 Muon steps with QK-Clip clipping some heads
+    parity muonclip-polar --config tiny_muon_polar # Polar Express table, router on AdamW
+    parity k2-routing-muon --config k2route --optim muon --ns polar --muon_router 0 --qk_clip_tau 0.6
 else
     echo "==== parity"
     echo "FAIL parity: /usr/bin/python3 with torch and numpy is missing (apt-get install python3-torch python3-numpy)"

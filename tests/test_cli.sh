@@ -89,7 +89,7 @@ trainer() {
     RC=$?
 }
 # the log records without their timing fields (ms, tok/s, MFU vary from run to run)
-untimed() { sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//' "$1"; }
+untimed() { sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//; s/"opt_ms":[^,]*,//' "$1"; }
 # step losses as "step loss" lines
 losses() { grep '"type":"step"' "$1" | sed -E 's/.*"step":([0-9]+),"loss":([^,]+),.*/\1 \2/'; }
 # every record after the "type":"step" record of step $2, config records left out
@@ -201,8 +201,8 @@ resume_check() {
         fail "resume ($name): losses of steps 6..10 differ: straight [$(echo $la)] resumed [$(echo $lb)]"
     fi
     local ra rb
-    ra=$(after_step "$ref/log.jsonl" 5 | sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//')
-    rb=$(after_step "$dir/log.jsonl" 5 | sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//')
+    ra=$(after_step "$ref/log.jsonl" 5 | sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//; s/"opt_ms":[^,]*,//')
+    rb=$(after_step "$dir/log.jsonl" 5 | sed -E 's/"ms":[^,]*,"tok_s":[^,]*,"mfu":[^,]*,//; s/"opt_ms":[^,]*,//')
     if [ -n "$ra" ] && [ "$ra" = "$rb" ]; then
         pass "resume ($name): all $(echo "$ra" | wc -l) records after step 5 (ce, aux, lr, grad norm, max logits, load, val, samples) identical"
     else
@@ -214,13 +214,18 @@ resume_check() {
         fail "resume ($name): model_00000010.bin differs: $(cmp "$ref/model_00000010.bin" "$dir/model_00000010.bin" 2>&1 | head -1)"
     fi
     if cmp -s "$ref/state_00000010_r0.bin" "$dir/state_00000010_r0.bin"; then
-        pass "resume ($name): state_00000010_r0.bin (AdamW moments, data cursor, sampler) byte-identical"
+        pass "resume ($name): state_00000010_r0.bin (optimizer state, data cursor, sampler) byte-identical"
     else
         fail "resume ($name): state_00000010_r0.bin differs: $(cmp "$ref/state_00000010_r0.bin" "$dir/state_00000010_r0.bin" 2>&1 | head -1)"
     fi
 }
 resume_check plain
 resume_check accum --total-batch 128   # 2 micro-batches of 2 x 32 per step
+resume_check muon --optim muon         # Muon momentum + AdamW moments go through the checkpoint
+resume_check muonclip --optim muon --ns polar --muon-router 0 --qk-clip-tau 0.01   # QK-Clip acting every step
+nclip=$(grep -c '"heads_clipped":[1-9]' "$W/resume_muonclip_ref/log.jsonl")
+if [ "$nclip" -ge 3 ]; then pass "muonclip run: QK-Clip clipped heads in $nclip of 10 steps (tau 0.01, k2-l1's logits start at ~0.03)"
+else fail "muonclip run: QK-Clip acted in only $nclip of 10 steps (tau 0.01)"; fi
 
 # v7 (uint32) shards with the same tokens as the v1 ones
 V7=$W/runV7
@@ -317,6 +322,11 @@ else
     expect_error "--device cuda on a build without CUDA" "cuda" "$NEW" --device cuda
 fi
 expect_error "--device tpu" "--device" "$NEW" --device tpu
+expect_error "--optim sgd" "--optim" "$NEW" --optim sgd
+expect_error "--ns cubic" "--ns" "$NEW" --optim muon --ns cubic
+expect_error "--muon-router 2" "--muon-router" "$NEW" --optim muon --muon-router 2
+expect_error "--muon-momentum 1" "--muon-momentum" "$NEW" --optim muon --muon-momentum 1
+expect_error "--qk-clip-tau -1" "--qk-clip-tau" "$NEW" --qk-clip-tau -1
 expect_error "--model nonexistent" "--model|nonexistent" "$NEW" --model nonexistent
 expect_error "--resume with no --out directory" "--resume|$W/no_such_run" "$W/no_such_run" --resume
 mkdir -p "$W/empty_run"
@@ -334,6 +344,7 @@ expect_error "resume with --batch-size 4" "$E/state_00000010_r0.bin|--batch-size
 expect_error "resume with --total-batch 128 (2 micro-batches)" "$E/state_00000010_r0.bin|--total-batch" "$E" --resume --total-batch 128 --steps 10
 expect_error "resume with --seed 7" "$E/state_00000010_r0.bin|--seed" "$E" --resume --seed 7 --steps 10
 expect_error "resume with --steps 5 below the checkpoint's 10" "--steps" "$E" --resume --steps 5
+expect_error "resume an AdamW run with --optim muon" "$E/state_00000010_r0.bin|--optim" "$E" --resume --optim muon --steps 10
 cp -r "$A" "$W/corrupt_model"; truncate -s 100000 "$W/corrupt_model/model_00000010.bin"
 expect_error "resume from a truncated model file" "$W/corrupt_model/model_00000010.bin" "$W/corrupt_model" --resume --steps 10
 cp -r "$A" "$W/corrupt_state"; truncate -s 100000 "$W/corrupt_state/state_00000010_r0.bin"
