@@ -618,8 +618,10 @@ int main(int argc, char** argv) {
         double mfu = flops_per_token * tok_s / (peak * 1e9);
         char eta[32];
         format_duration(eta, sizeof(eta), (time_sum / time_count) * (flags.steps - step - 1));
-        char clip_note[32] = "";
+        char clip_note[64] = "";
         if (heads_clipped) snprintf(clip_note, sizeof(clip_note), " (%d clipped)", heads_clipped);
+        if (ocfg.kind == OPTIM_MUON)
+            snprintf(clip_note + strlen(clip_note), sizeof(clip_note) - strlen(clip_note), " | muon rms %.3f", opt.muon_update_rms);
         printf("step %5d/%d | loss %.4f (aux %.4f) | lr %.2e | norm %.3f | %6.0f ms (opt %.0f) | %7.0f tok/s | MFU %4.1f%% | "
                "maxlogit %.2f%s | load max/mean %.2f | ETA %s%s\n",
                step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, opt.seconds * 1e3, tok_s, 100 * mfu, max_logit,
@@ -646,6 +648,13 @@ int main(int argc, char** argv) {
         if (flags.val_every && (step % flags.val_every == 0 || last)) {
             fprintf(json_log, ",\"max_logit_head\":");
             json_float_array(json_log, maxlogit, L * H);
+            // the table QK-Clip acts on: max scaled logit of every head this step
+            printf("  max logit per head (step %d):\n", step + 1);
+            for (int l = 0; l < L; l++) {
+                printf("    layer %2d:", l);
+                for (int h = 0; h < H; h++) printf(" %7.2f", maxlogit[l * H + h]);
+                printf("\n");
+            }
         }
         fprintf(json_log, "}\n");
         fflush(json_log);
