@@ -5,11 +5,12 @@
 
 static void default_exit(int code) { exit(code); }
 void (*fatal_exit_hook)(int code) = default_exit;
+char fatal_prefix[32] = "";
 
 void fatal(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
+    fprintf(stderr, "error: %s", fatal_prefix);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);

@@ -11,6 +11,7 @@
 // fatal() goes through a hook that the launcher can replace (abort the communicator instead of exit).
 
 extern void (*fatal_exit_hook)(int code);
+extern char fatal_prefix[32];  // "[rank 3] " in multi-process runs
 
 __attribute__((noreturn, format(printf, 1, 2))) void fatal(const char* fmt, ...);
 

@@ -3,6 +3,7 @@
 //   ./train_moe --model k2-nano                       train on the default corpus (make data)
 //   ./train_moe --model k2-nano --resume              continue the run in --out from its newest checkpoint
 //   ./train_moe --help                                every flag
+//   mpirun -np 4 ./train_moe --ep 2 --optim muon      4 ranks: data parallel, experts split over pairs of ranks
 #include <math.h>
 #include <errno.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include "data/dataloader.h"
 #include "data/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 
 // ----------------------------------------------------------------------------
 // flags
@@ -49,6 +51,7 @@ typedef struct {
     int ckpt_every, ckpt_keep;
     int resume, overwrite;
     int threads;
+    int ep;                   // expert-parallel group size
     float peak_gflops;        // 0 = measure sgemm at start
     int max_bad_steps;        // consecutive non-finite steps before the run stops
     int list_models;
@@ -71,7 +74,7 @@ static Flags flags = {
     .weight_decay = 0.1f, .muon_momentum = 0.95f, .ns = "default", .muon_router = 1, .qk_clip_tau = 100.0f,
     .beta1 = 0.9f, .beta2 = 0.95f, .adam_eps = 1e-8f, .grad_clip = 1.0f, .balance_alpha = 1e-4f,
     .bias_gamma = 1e-3f, .seed = 1337, .val_every = 100, .val_batches = 8, .sample_every = 250,
-    .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0,
+    .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0, .ep = 1,
     .peak_gflops = 0, .max_bad_steps = 5,
 };
 
@@ -113,7 +116,8 @@ static const FlagSpec flag_specs[] = {
     {"--ckpt-keep", F_INT, &flags.ckpt_keep, "keep the newest N checkpoints (0 = all)"},
     {"--resume", F_BOOL, &flags.resume, "continue from the newest complete checkpoint in --out"},
     {"--overwrite", F_BOOL, &flags.overwrite, "start afresh in an --out that holds an earlier run (deletes it)"},
-    {"--threads", F_INT, &flags.threads, "CPU threads (default: all cores)"},
+    {"--threads", F_INT, &flags.threads, "CPU threads per rank (default: all cores)"},
+    {"--ep", F_INT, &flags.ep, "expert parallelism: ranks that split each layer's experts (divides ranks and 384)"},
     {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak for MFU (default: measured sgemm on CPU)"},
     {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop after this many non-finite steps in a row"},
     {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
@@ -278,7 +282,7 @@ static float validate(Model* m, Acts* acts, DataLoader* val, int B, int T, int b
     }
     free(inp);
     free(tgt);
-    return used ? (float)(sum / used) : NAN;
+    return used ? (float)dist_mean(m, sum / used) : NAN;
 }
 
 // Samples n tokens after the document separator, multinomial at temperature 1, one forward per token.
@@ -367,18 +371,22 @@ static void clear_run_dir(const char* dir) {
 
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    Comm comm;
+    comm_init(&comm, &argc, &argv);  // first: from here on a fatal error on any rank ends every rank
+    int rank = comm.rank, world = comm.world;
+    if (rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("cannot silence stdout on rank %d", rank);
     parse_flags(argc, argv);
-    if (flags.help) { print_help(); return 0; }
+    if (flags.help) { print_help(); comm_finalize(&comm); return 0; }
     if (flags.list_models) {
         for (int i = 0; config_preset_names[i]; i++) {
             ModelConfig c;
             config_from_preset(&c, config_preset_names[i]);
             config_print(&c, stdout);
         }
+        comm_finalize(&comm);
         return 0;
     }
     check_flags();
-    int rank = 0, world = 1;  // MPI lands with its own issue; the data and checkpoint code already take these
 
     // --- model config
     ModelConfig cfg;
@@ -394,6 +402,7 @@ int main(int argc, char** argv) {
     if (flags.vocab_size) cfg.vocab_size = flags.vocab_size;
     char why[256];
     if (!config_validate(&cfg, why, sizeof(why))) fatal("model %s: %s", cfg.name, why);
+    comm_set_ep(&comm, flags.ep, cfg.n_experts);
     int B = flags.batch_size, T = cfg.seq_len;
     long long tokens_per_micro = (long long)B * T * world;
     long long total_batch = flags.total_batch ? flags.total_batch : tokens_per_micro;
@@ -434,6 +443,20 @@ int main(int argc, char** argv) {
         dataloader_init(&val, flags.val_data, "--val-data", T, cfg.vocab_size, 0, 0);
         if (flags.val_every) dataloader_require(&val, B, world, "--val-data");
     }
+    // every rank must run the same model, batch layout and optimizer: compare the max and min over the ranks
+    {
+        double v[16] = {cfg.d_model, cfg.n_layers, cfg.vocab_size, B, T, (double)total_batch, flags.steps, flags.lr,
+                        (double)flags.seed, flags.ep, strcmp(flags.optim, "muon") == 0, flags.qk_clip_tau};
+        for (int i = 0; i < 8; i++) v[8 + i] = 0;
+        double hi[16], lo[16];
+        for (int i = 0; i < 16; i++) { hi[i] = v[i]; lo[i] = -v[i]; }
+        comm_allreduce_max_f64(&comm, GROUP_WORLD, hi, 16);
+        comm_allreduce_max_f64(&comm, GROUP_WORLD, lo, 16);
+        for (int i = 0; i < 16; i++)
+            if (hi[i] != -lo[i])
+                fatal("the ranks were started with different settings (model, batch, steps, lr, seed, --ep, --optim or "
+                      "--qk-clip-tau); give every rank the same flags");
+    }
     Tokenizer tok;
     tokenizer_init(&tok, flags.tokenizer);
     if (tok.loaded && tok.vocab_size > cfg.vocab_size)
@@ -455,7 +478,7 @@ int main(int argc, char** argv) {
 
     // --- model, optimizer, state
     Model model;
-    model_init(&model, &cfg, ops, NULL, (uint64_t)flags.seed);
+    model_init(&model, &cfg, ops, &comm, NULL, (uint64_t)flags.seed);
     model.balance_alpha = flags.balance_alpha;
     OptimConfig ocfg = {!strcmp(flags.optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, flags.beta1, flags.beta2,
                         flags.adam_eps, flags.weight_decay, flags.muon_momentum, flags.ns, flags.muon_router};
@@ -466,6 +489,7 @@ int main(int argc, char** argv) {
     st.seq_len = T;
     st.grad_accum = grad_accum;
     st.world = world;
+    st.ep = flags.ep;
     st.seed = (uint64_t)flags.seed;
     snprintf(st.optimizer, sizeof(st.optimizer), "%s", optim_kind_name(ocfg.kind));
     rng_seed(&st.sample_rng, (uint64_t)flags.seed ^ 0x5A4D504C45ULL);
@@ -474,9 +498,13 @@ int main(int argc, char** argv) {
         dataloader_seek(&train, st.data_epoch, st.data_cursor);
         if (st.step > flags.steps) fatal("flag --steps = %d is below the checkpoint's step %d", flags.steps, st.step);
     }
-    if (!flags.resume && flags.overwrite) clear_run_dir(out_dir);
-    // only now, with every input checked, write anything
-    {
+    // only now, with every input checked, write anything (rank 0 writes the log; the others log nowhere)
+    comm_barrier(&comm);
+    if (rank != 0) {
+        json_log = fopen("/dev/null", "w");
+        if (!json_log) fatal("cannot open /dev/null");
+    } else {
+        if (!flags.resume && flags.overwrite) clear_run_dir(out_dir);
         char cmd[1024];
         snprintf(cmd, sizeof(cmd), "%s", out_dir);
         for (char* p = cmd + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(cmd, 0755); *p = '/'; }
@@ -486,6 +514,7 @@ int main(int argc, char** argv) {
         json_log = fopen(path, flags.resume ? "a" : "w");
         if (!json_log) fatal("--out %s: cannot write %s: %s", out_dir, path, strerror(errno));
     }
+    comm_barrier(&comm);
 
     Acts acts, sample_acts;
     acts_alloc(&acts, &model, B, T, 1);
@@ -504,6 +533,16 @@ int main(int argc, char** argv) {
     config_print(&cfg, stdout);
     printf("device %s, %d threads; batch %d x %d tokens x %d micro-batches x %d ranks = %lld tokens/step\n",
            ops->name, threads, B, T, grad_accum, world, total_batch);
+    {
+        // memory per rank, and the optimizer state's split (ZeRO-1: each rank keeps the state of its own units)
+        double state = (2.0 * opt.adam_n + opt.muon_n) * sizeof(float), total_state = state;
+        comm_allreduce_sum_f64(&comm, GROUP_WORLD, &total_state, 1);
+        printf("ranks %d (expert parallel %d x data parallel %d): %d of %d experts per layer on each rank\n", world,
+               comm.ep, comm.dp, model.n_local_experts, cfg.n_experts);
+        printf("memory on rank 0: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB (%.1f%% of all ranks' "
+               "%.1f MB), activations %.1f MB\n", model.num_params * 4 / 1e6, model.num_params * 4 / 1e6, state / 1e6,
+               100.0 * state / total_state, total_state / 1e6, (acts.bytes + sample_acts.bytes) / 1e6);
+    }
     printf("optimizer %s lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g; QK-Clip tau %g\n",
            flags.optim, flags.lr, flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip,
            flags.balance_alpha, flags.bias_gamma, flags.qk_clip_tau);
@@ -533,9 +572,9 @@ int main(int argc, char** argv) {
     }
     fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
-            "\"world\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
+            "\"world\":%d,\"ep\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
             cfg.name, model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
-            grad_accum, world, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
+            grad_accum, world, flags.ep, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
     fflush(json_log);
 
     // --- training loop
@@ -562,16 +601,22 @@ int main(int argc, char** argv) {
             sample_text(&model, &sample_acts, &tok, &st.sample_rng, flags.sample_tokens, step);
 
         double t0 = wall_seconds();
+        comm_reset_bytes(&comm);
         model_zero_grad(&model);
         model_zero_step_stats(&model);
         double ce = 0.0, aux = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
             dataloader_next(&train, inputs, targets, B, rank, world);
             model_forward(&model, &acts, inputs, targets, B, T);
-            model_backward(&model, &acts, 1.0f / grad_accum);
+            // every rank's share of the global-batch mean: the sums over ranks below make it whole
+            model_backward(&model, &acts, 1.0f / (grad_accum * world));
             ce += model.ce_loss / grad_accum;
             aux += model.aux_loss / grad_accum;
         }
+        dist_reduce_grads(&model);
+        dist_reduce_step_stats(&model);  // global expert loads (bias update) and max logits (QK-Clip)
+        ce = dist_mean(&model, ce);
+        aux = dist_mean(&model, aux);
         float loss = (float)(ce + aux);
         float norm = grad_global_norm(&model);
         float lr = lr_at(&sched, step);
@@ -637,6 +682,11 @@ int main(int argc, char** argv) {
         json_num(json_log, "mfu", mfu);
         json_num(json_log, "max_logit", max_logit);
         json_num(json_log, "opt_ms", opt.seconds * 1e3);
+        if (world > 1) {
+            json_num(json_log, "allreduce_mb", comm.bytes_allreduce / 1e6);
+            json_num(json_log, "allgather_mb", comm.bytes_allgather / 1e6);
+            json_num(json_log, "alltoall_mb", comm.bytes_alltoall / 1e6);
+        }
         if (ocfg.kind == OPTIM_MUON) {
             json_num(json_log, "muon_update_rms", opt.muon_update_rms);
             json_num(json_log, "ns_gflop", opt.ns_flops / 1e9);
@@ -661,7 +711,7 @@ int main(int argc, char** argv) {
 
         if ((flags.ckpt_every && st.step % flags.ckpt_every == 0) || st.step == flags.steps) {
             checkpoint_save(out_dir, &model, &opt, &st, rank);
-            checkpoint_prune(out_dir, flags.ckpt_keep);
+            if (rank == 0) checkpoint_prune(out_dir, flags.ckpt_keep);
             printf("checkpoint: %s step %d\n", out_dir, st.step);
         }
     }
@@ -675,5 +725,6 @@ int main(int argc, char** argv) {
     if (have_val) dataloader_free(&val);
     tokenizer_free(&tok);
     fclose(json_log);
+    comm_finalize(&comm);
     return 0;
 }

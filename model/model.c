@@ -34,43 +34,102 @@ static void layer_pointers(const Model* m, LayerWeights* lw, void* base, size_t 
             w->w13 = tensor_item(m, base, elem_bytes, P_SHARED_W13, mi);
             w->w2 = tensor_item(m, base, elem_bytes, P_SHARED_W2, mi);
             w->router = tensor_item(m, base, elem_bytes, P_ROUTER, mi);
-            w->expert_w13 = tensor_item(m, base, elem_bytes, P_EXPERT_W13, (size_t)mi * c->n_experts);
-            w->expert_w2 = tensor_item(m, base, elem_bytes, P_EXPERT_W2, (size_t)mi * c->n_experts);
+            w->expert_w13 = tensor_item(m, base, elem_bytes, P_EXPERT_W13, (size_t)mi * m->n_local_experts);
+            w->expert_w2 = tensor_item(m, base, elem_bytes, P_EXPERT_W2, (size_t)mi * m->n_local_experts);
         }
     }
 }
 
-void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, const float* params_host, uint64_t seed) {
+void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, const float* params_host, uint64_t seed) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->ops = ops;
+    m->comm = comm;
     m->balance_alpha = 1e-4f;
-    m->num_params = param_layout(cfg, m->layout);
+    int ep = comm ? comm->ep : 1;
+    m->n_local_experts = cfg->n_experts / ep;
+    m->first_expert = comm ? comm->ep_rank * m->n_local_experts : 0;
+    m->num_params = param_layout(cfg, m->n_local_experts, m->layout);
+    m->num_params_global = param_layout(cfg, cfg->n_experts, m->global_layout);
     size_t n = m->num_params;
     m->params = ops->malloc(n * sizeof(float));
     m->grads = ops->malloc(n * sizeof(float));
     m->weights = ops->separate_compute_weights ? ops->malloc(n * ops->act_bytes) : (void*)m->params;
-    if (params_host) {
-        ops->to_device(m->params, params_host, n * sizeof(float));
-    } else {
-        float* host = xmalloc(n * sizeof(float));
-        Rng rng;
-        rng_seed(&rng, seed);
-        param_init(host, m->layout, cfg, &rng);
-        ops->to_device(m->params, host, n * sizeof(float));
-        free(host);
-    }
-    model_sync_weights(m);
     m->lw = xcalloc(cfg->n_layers, sizeof(LayerWeights));
     m->lg = xcalloc(cfg->n_layers, sizeof(LayerWeights));
     layer_pointers(m, m->lw, m->weights, ops->act_bytes);
     layer_pointers(m, m->lg, m->grads, sizeof(float));
+    if (params_host) {
+        model_set_params(m, params_host);
+    } else {
+        // drawn in the global layout, so every expert split starts from the same model
+        float* host = xmalloc(m->num_params_global * sizeof(float));
+        Rng rng;
+        rng_seed(&rng, seed);
+        param_init(host, m->global_layout, cfg, &rng);
+        model_set_params(m, host);
+        free(host);
+    }
     int Lm = cfg_n_moe(cfg);
     m->router_bias = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
     m->expert_load = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
     m->maxlogit = ops->malloc((size_t)cfg->n_layers * cfg->n_heads * sizeof(float));
     m->aux_acc = ops->malloc(sizeof(float));
     model_zero_step_stats(m);
+}
+
+static int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
+
+void model_set_params(Model* m, const float* global) {
+    float* local = xmalloc(m->num_params * sizeof(float));
+    int Lm = cfg_n_moe(&m->cfg), E = m->cfg.n_experts, El = m->n_local_experts;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor* lt = &m->layout[t];
+        const ParamTensor* gt = &m->global_layout[t];
+        if (!is_expert_tensor(t)) {
+            memcpy(local + lt->offset, global + gt->offset, lt->numel * sizeof(float));
+            continue;
+        }
+        size_t item = (size_t)lt->rows * lt->cols;  // one expert's matrix
+        for (int mi = 0; mi < Lm; mi++)
+            memcpy(local + lt->offset + (size_t)mi * El * item, global + gt->offset + ((size_t)mi * E + m->first_expert) * item,
+                   (size_t)El * item * sizeof(float));
+    }
+    m->ops->to_device(m->params, local, m->num_params * sizeof(float));
+    free(local);
+    model_sync_weights(m);
+}
+
+void model_get_params(const Model* m, float* global) {
+    float* local = xmalloc(m->num_params * sizeof(float));
+    m->ops->to_host(local, m->params, m->num_params * sizeof(float));
+    int Lm = cfg_n_moe(&m->cfg), E = m->cfg.n_experts, El = m->n_local_experts;
+    int ep = m->comm ? m->comm->ep : 1;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor* lt = &m->layout[t];
+        const ParamTensor* gt = &m->global_layout[t];
+        if (!is_expert_tensor(t)) {
+            memcpy(global + gt->offset, local + lt->offset, lt->numel * sizeof(float));
+            continue;
+        }
+        // every member's experts, member-major, then into the global (layer, expert) order
+        size_t item = (size_t)lt->rows * lt->cols;
+        size_t per = lt->numel * sizeof(float);
+        float* all = xmalloc(per * ep);
+        size_t* counts = xmalloc(ep * sizeof(size_t));
+        size_t* displs = xmalloc(ep * sizeof(size_t));
+        for (int j = 0; j < ep; j++) { counts[j] = per; displs[j] = per * j; }
+        if (m->comm) comm_allgatherv_bytes(m->comm, GROUP_EP, local + lt->offset, all, counts, displs);
+        else memcpy(all, local + lt->offset, per);
+        for (int j = 0; j < ep; j++)
+            for (int mi = 0; mi < Lm; mi++)
+                memcpy(global + gt->offset + ((size_t)mi * E + (size_t)j * El) * item,
+                       all + (size_t)j * lt->numel + (size_t)mi * El * item, (size_t)El * item * sizeof(float));
+        free(all);
+        free(counts);
+        free(displs);
+    }
+    free(local);
 }
 
 void model_free(Model* m) {
@@ -104,6 +163,9 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
     size_t N = (size_t)a->B * a->T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     size_t dqk = cfg_dqk(c), akv = c->kv_lora + c->qk_rope, f = c->moe_hidden, fd = c->dense_hidden;
     size_t ab = m->ops->act_bytes, fb = sizeof(float), ib = sizeof(int);
+    int ep = m->comm ? m->comm->ep : 1;
+    size_t El = m->n_local_experts;
+    size_t R = ep * N * K;  // rows this rank's experts may receive: dropless, so the worst case
     for (int l = 0; l < c->n_layers; l++) {
         LayerActs* la = &a->layers[l];
         int moe = l >= c->n_dense_layers;
@@ -135,9 +197,17 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
             la->row_of = carve(cv, N * K * ib);
             la->token_of = carve(cv, N * K * ib);
             la->xe = carve(cv, N * K * d * ab);
-            la->e_h13 = carve(cv, N * K * 2 * f * ab);
-            la->e_hact = carve(cv, N * K * f * ab);
             la->ye = carve(cv, N * K * d * ab);
+            la->e_h13 = carve(cv, R * 2 * f * ab);
+            la->e_hact = carve(cv, R * f * ab);
+            if (ep > 1) {
+                la->xl = carve(cv, R * d * ab);
+                la->ep_offsets = carve(cv, (El + 1) * ib);
+                la->ep_perm = carve(cv, R * ib);
+                la->ep_inv = carve(cv, R * ib);
+            } else {
+                la->xl = la->xe;  // one process holds every expert: the dispatch order is already expert-major
+            }
         }
     }
     a->x_final = carve(cv, N * d * ab);
@@ -147,6 +217,10 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
     a->losses = carve(cv, N * fb);
     a->tokens = carve(cv, N * ib);
     a->targets = carve(cv, N * ib);
+    if (ep > 1 && cfg_n_moe(c) > 0) {
+        a->ep_buf = carve(cv, R * d * ab);
+        a->ep_buf2 = carve(cv, R * d * ab);
+    }
     if (a->has_grad) {
         GradScratch* g = &a->g;
         size_t fmax = fd > f ? fd : f;
@@ -166,8 +240,10 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
             g->dgates = carve(cv, N * K * fb);
             g->dye = carve(cv, N * K * d * ab);
             g->dxe = carve(cv, N * K * d * ab);
-            g->de_h13 = carve(cv, N * K * 2 * f * ab);
-            g->de_hact = carve(cv, N * K * f * ab);
+            g->de_h13 = carve(cv, R * 2 * f * ab);
+            g->de_hact = carve(cv, R * f * ab);
+            g->dyl = ep > 1 ? carve(cv, R * d * ab) : g->dye;
+            g->dxl = ep > 1 ? carve(cv, R * d * ab) : g->dxe;
         }
     }
 }
@@ -180,15 +256,84 @@ void acts_alloc(Acts* a, const Model* m, int B, int T, int with_grad) {
     a->layers = xcalloc(m->cfg.n_layers, sizeof(LayerActs));
     Carver cv = {NULL, 0};
     acts_layout(a, m, &cv);
+    a->bytes = cv.used;
     a->memory = m->ops->malloc(cv.used);
     cv = (Carver){a->memory, 0};
     acts_layout(a, m, &cv);
+    int ep = m->comm ? m->comm->ep : 1;
+    if (ep > 1) {
+        size_t R = (size_t)ep * B * T * m->cfg.top_k, El = m->n_local_experts;
+        a->ep_host = xmalloc((2 * R + m->cfg.n_experts + El + 2 + ep * El) * sizeof(int));
+        for (int l = m->cfg.n_dense_layers; l < m->cfg.n_layers; l++) {
+            a->layers[l].ep_send = xcalloc(ep * El, sizeof(int));
+            a->layers[l].ep_recv = xcalloc(ep * El, sizeof(int));
+        }
+    }
 }
 
 void acts_free(Acts* a, const Model* m) {
     m->ops->free(a->memory);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        free(a->layers[l].ep_send);
+        free(a->layers[l].ep_recv);
+    }
+    free(a->ep_host);
     free(a->layers);
     memset(a, 0, sizeof(*a));
+}
+
+// ----------------------------------------------------------------------------
+// expert parallelism: each rank holds n_local of every MoE layer's experts; the rows routed to an expert travel to
+// its owner (all-to-all within the expert-parallel group), are computed there, and come back.
+
+// Exchanges the per-expert row counts and builds the orders: rows arrive member-major (member s's rows for each of
+// my experts, in s's expert order); the experts want them expert-major (expert e's rows from member 0, 1, ...).
+static void ep_plan(Model* m, Acts* a, LayerActs* la) {
+    const Ops* ops = m->ops;
+    int ep = m->comm->ep, El = m->n_local_experts, E = m->cfg.n_experts;
+    size_t R = (size_t)ep * a->cur_B * a->cur_T * m->cfg.top_k;
+    int* off = a->ep_host;             // (E + 1) dispatch offsets
+    int* perm = off + E + 1;           // (R)
+    int* inv = perm + R;               // (R)
+    int* loc = inv + R;                // (El + 1)
+    int* start = loc + El + 1;         // (ep, El) first received row of (member, expert)
+    ops->to_host(off, la->offsets, (size_t)(E + 1) * sizeof(int));
+    for (int j = 0; j < ep; j++)
+        for (int e = 0; e < El; e++) la->ep_send[j * El + e] = off[j * El + e + 1] - off[j * El + e];
+    comm_alltoall_int(m->comm, GROUP_EP, la->ep_send, la->ep_recv, El);
+    int r = 0;
+    for (int s = 0; s < ep; s++)
+        for (int e = 0; e < El; e++) { start[s * El + e] = r; r += la->ep_recv[s * El + e]; }
+    int rows = 0;
+    loc[0] = 0;
+    for (int e = 0; e < El; e++) {
+        for (int s = 0; s < ep; s++)
+            for (int i = 0; i < la->ep_recv[s * El + e]; i++) perm[rows++] = start[s * El + e] + i;
+        loc[e + 1] = rows;
+    }
+    la->ep_rows = rows;
+    for (int i = 0; i < rows; i++) inv[perm[i]] = i;
+    ops->to_device(la->ep_perm, perm, (size_t)rows * sizeof(int));
+    ops->to_device(la->ep_inv, inv, (size_t)rows * sizeof(int));
+    ops->to_device(la->ep_offsets, loc, (size_t)(El + 1) * sizeof(int));
+}
+
+// Rows of d elements between the members: to_experts = 1 sends this rank's dispatch-ordered rows to their experts'
+// owners (counts ep_send out, ep_recv in); 0 returns the experts' rows to where they came from.
+static void ep_exchange(Model* m, LayerActs* la, const void* send, void* recv, int d, int to_experts) {
+    int ep = m->comm->ep, El = m->n_local_experts;
+    size_t row = (size_t)d * m->ops->act_bytes;
+    size_t sc[64], sd[64], rc[64], rd[64];
+    if (ep > 64) fatal("expert parallelism over %d ranks: at most 64 supported", ep);
+    size_t so = 0, ro = 0;
+    for (int j = 0; j < ep; j++) {
+        size_t out = 0, in = 0;
+        for (int e = 0; e < El; e++) { out += la->ep_send[j * El + e]; in += la->ep_recv[j * El + e]; }
+        if (!to_experts) { size_t t = out; out = in; in = t; }
+        sc[j] = out * row; sd[j] = so; so += sc[j];
+        rc[j] = in * row; rd[j] = ro; ro += rc[j];
+    }
+    comm_alltoallv_bytes(m->comm, GROUP_EP, send, sc, sd, recv, rc, rd);
 }
 
 // ----------------------------------------------------------------------------
@@ -201,6 +346,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     int N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope;
+    int ep = m->comm ? m->comm->ep : 1, El = m->n_local_experts;
     a->cur_B = B;
     a->cur_T = T;
     a->has_targets = targets != NULL;
@@ -243,8 +389,19 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
             if (targets) ops->moe_balance_loss(m->aux_acc, la->scores, la->sel, B, T, E, K, m->balance_alpha);
             ops->moe_dispatch(la->offsets, la->row_of, la->token_of, m->expert_load + (size_t)mi * E, la->sel, N, K, E);
             ops->moe_gather(la->xe, la->h2, la->token_of, N * K, d);
-            ops->moe_experts_forward(la->ye, la->e_h13, la->e_hact, la->xe, w->expert_w13, w->expert_w2,
-                                     la->offsets, E, d, f);
+            if (ep > 1) {
+                // to the experts' owners, computed there (expert-major), and back in dispatch order
+                ep_plan(m, a, la);
+                ep_exchange(m, la, la->xe, a->ep_buf, d, 1);
+                ops->moe_gather(la->xl, a->ep_buf, la->ep_perm, la->ep_rows, d);
+                ops->moe_experts_forward(a->ep_buf2, la->e_h13, la->e_hact, la->xl, w->expert_w13, w->expert_w2,
+                                         la->ep_offsets, El, d, f);
+                ops->moe_gather(a->ep_buf, a->ep_buf2, la->ep_inv, la->ep_rows, d);
+                ep_exchange(m, la, a->ep_buf, la->ye, d, 0);
+            } else {
+                ops->moe_experts_forward(la->ye, la->e_h13, la->e_hact, la->xe, w->expert_w13, w->expert_w2,
+                                         la->offsets, E, d, f);
+            }
             ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, N, K, d);
         }
         ops->add(x_out, la->x_mid, la->ffn_out, (size_t)N * d);
@@ -276,6 +433,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
     int B = a->cur_B, T = a->cur_T, N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope, V = c->vocab_size;
+    int ep = m->comm ? m->comm->ep : 1, El = m->n_local_experts;
     GradScratch* g = &a->g;
     size_t ab = ops->act_bytes;
 
@@ -300,8 +458,19 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         if (moe) {
             int f = c->moe_hidden;
             ops->moe_combine_backward(g->dye, g->dgates, g->dx, la->ye, la->gates, la->row_of, N, K, d);
-            ops->moe_experts_backward(g->dxe, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dye, la->xe,
-                                      la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->offsets, E, d, f);
+            if (ep > 1) {
+                // the mirror of the forward: output gradients to the owners, input gradients back
+                ep_exchange(m, la, g->dye, a->ep_buf, d, 1);
+                ops->moe_gather(g->dyl, a->ep_buf, la->ep_perm, la->ep_rows, d);
+                ops->moe_experts_backward(g->dxl, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dyl,
+                                          la->xl, la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->ep_offsets,
+                                          El, d, f);
+                ops->moe_gather(a->ep_buf, g->dxl, la->ep_inv, la->ep_rows, d);
+                ep_exchange(m, la, a->ep_buf, g->dxe, d, 0);
+            } else {
+                ops->moe_experts_backward(g->dxe, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dye, la->xe,
+                                          la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->offsets, E, d, f);
+            }
             ops->moe_gather_backward(g->dn, g->dxe, la->row_of, N, K, d);
             ops->moe_router_backward(g->dn, wg->router, g->dscores, g->dgates, la->scores, la->sel, la->h2, w->router,
                                      B, T, d, E, K, c->routed_scale, m->balance_alpha, loss_scale);

@@ -4,6 +4,7 @@
 #include "config.h"
 #include "params.h"
 #include "ops.h"
+#include "../comm/comm.h"
 
 // Pointers to one layer's weights (or gradients: the same shapes). void* because the compute copy of the weights
 // is in the backend's compute dtype; gradient pointers are fp32 and go to float* op arguments directly.
@@ -56,6 +57,15 @@ typedef struct {
     void* e_h13;     // (N*K, 2f)
     void* e_hact;    // (N*K, f)
     void* ye;        // (N*K, d) expert outputs, expert order
+    // expert parallelism (ep > 1): this rank computes its n_local experts for the rows every member sends it.
+    // With ep = 1, xl aliases xe and e_h13/e_hact hold N*K rows.
+    int* ep_send;    // host (ep, n_local): rows this rank sends to each expert of each member
+    int* ep_recv;    // host (ep, n_local): rows each member sends to each of this rank's experts
+    int ep_rows;     // rows received this step
+    int* ep_offsets; // (n_local + 1) this rank's experts' rows in the expert-major buffers
+    int* ep_perm;    // (ep*N*K) expert-major row -> row of the received (member-major) buffer
+    int* ep_inv;     // (ep*N*K) received row -> expert-major row
+    void* xl;        // (ep*N*K, d) rows for this rank's experts, expert-major
 } LayerActs;
 
 // Scratch for the backward pass, shared by all layers (sized for the widest layer).
@@ -75,8 +85,10 @@ typedef struct {
     float* dgates;   // (N, K)
     void* dye;       // (N*K, d)
     void* dxe;       // (N*K, d)
-    void* de_h13;    // (N*K, 2f)
-    void* de_hact;   // (N*K, f)
+    void* de_h13;    // (ep*N*K, 2f)
+    void* de_hact;   // (ep*N*K, f)
+    void* dyl;       // (ep*N*K, d) expert parallelism: output gradients of this rank's experts, expert-major
+    void* dxl;       // (ep*N*K, d)
 } GradScratch;
 
 // Activations for batches of up to B x T rows. One Acts for training (with backward scratch), a smaller one for
@@ -85,6 +97,7 @@ typedef struct {
     int B, T;          // capacity
     int has_grad;      // backward scratch allocated
     void* memory;      // one allocation for all activation buffers
+    size_t bytes;      // its size
     LayerActs* layers; // (L)
     void* x_final;     // (N, d) residual stream after the last layer
     void* xf;          // (N, d) final_norm(x_final)
@@ -93,6 +106,9 @@ typedef struct {
     float* losses;     // (N) per-row cross-entropy
     int* tokens;       // (N) inputs, backend memory
     int* targets;      // (N)
+    void* ep_buf;      // (ep*N*K, d) expert parallelism: rows in transit, member-major
+    void* ep_buf2;     // (ep*N*K, d) the experts' outputs before they travel back
+    int* ep_host;      // host scratch for the plans
     GradScratch g;
     // what the last forward ran on
     int cur_B, cur_T, has_targets;
@@ -101,8 +117,13 @@ typedef struct {
 typedef struct {
     ModelConfig cfg;
     const Ops* ops;
-    ParamTensor layout[NUM_PARAM_TENSORS];
-    size_t num_params;
+    Comm* comm;             // the ranks (NULL: one process); experts are split over comm->ep ranks
+    int n_local_experts;    // experts of each MoE layer held here: n_experts / ep
+    int first_expert;       // global id of the first of them
+    ParamTensor layout[NUM_PARAM_TENSORS];        // this rank's tensors (expert tensors hold the local experts)
+    ParamTensor global_layout[NUM_PARAM_TENSORS]; // the whole model's (checkpoints are in this layout)
+    size_t num_params;      // this rank's
+    size_t num_params_global;
     float* params;          // (num_params) fp32 master weights, backend memory
     void* weights;          // compute copy (== params on the CPU)
     float* grads;           // (num_params) fp32
@@ -120,9 +141,14 @@ typedef struct {
     float aux_loss;         // balance loss summed over MoE layers
 } Model;
 
-// Builds the model on the given backend with parameters from params_host (num_params values) or, when NULL,
-// freshly initialised from seed. Router bias starts at 0.
-void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, const float* params_host, uint64_t seed);
+// Builds the model on the given backend, on one process (comm NULL) or as this rank's part of comm's expert
+// split, with parameters from params_host (the whole model, global layout) or, when NULL, freshly initialised from
+// seed (the same numbers whatever the split). Router bias starts at 0.
+void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, const float* params_host, uint64_t seed);
+// Copies whole-model parameters (global layout, host) into this rank's parameters.
+void model_set_params(Model* m, const float* params_host_global);
+// The whole model's parameters (global layout) into out_host on every member of the expert-parallel group.
+void model_get_params(const Model* m, float* out_host_global);
 void model_free(Model* m);
 void acts_alloc(Acts* a, const Model* m, int B, int T, int with_grad);
 void acts_free(Acts* a, const Model* m);

@@ -2,7 +2,7 @@
 #include "params.h"
 #include <math.h>
 
-size_t param_layout(const ModelConfig* c, ParamTensor t[NUM_PARAM_TENSORS]) {
+size_t param_layout(const ModelConfig* c, int n_local_experts, ParamTensor t[NUM_PARAM_TENSORS]) {
     int V = c->vocab_size, d = c->d_model, L = c->n_layers, Ld = c->n_dense_layers, Lm = cfg_n_moe(c);
     int H = c->n_heads, dqk = cfg_dqk(c), E = c->n_experts, f = c->moe_hidden, fd = c->dense_hidden;
     //              name          kind             count    rows                          cols       blocks resid
@@ -21,8 +21,9 @@ size_t param_layout(const ModelConfig* c, ParamTensor t[NUM_PARAM_TENSORS]) {
     t[P_ROUTER]     = (ParamTensor){"router",     PARAM_MATRIX,    Lm,     E,                           d,         1, 0};
     t[P_SHARED_W13] = (ParamTensor){"shared_w13", PARAM_MATRIX,    Lm,     2 * f,                       d,         2, 0};
     t[P_SHARED_W2]  = (ParamTensor){"shared_w2",  PARAM_MATRIX,    Lm,     d,                           f,         1, 1};
-    t[P_EXPERT_W13] = (ParamTensor){"expert_w13", PARAM_MATRIX,    Lm * E, 2 * f,                       d,         2, 0};
-    t[P_EXPERT_W2]  = (ParamTensor){"expert_w2",  PARAM_MATRIX,    Lm * E, d,                           f,         1, 1};
+    int El = n_local_experts;
+    t[P_EXPERT_W13] = (ParamTensor){"expert_w13", PARAM_MATRIX,    Lm * El,2 * f,                       d,         2, 0};
+    t[P_EXPERT_W2]  = (ParamTensor){"expert_w2",  PARAM_MATRIX,    Lm * El,d,                           f,         1, 1};
     t[P_FINAL_NORM] = (ParamTensor){"final_norm", PARAM_NORM,      1,      1,                           d,         1, 0};
     t[P_LM_HEAD]    = (ParamTensor){"lm_head",    PARAM_HEAD,      1,      V,                           d,         1, 0};
     size_t offset = 0;

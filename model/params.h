@@ -42,8 +42,10 @@ typedef struct {
     size_t numel;    // count * rows * cols
 } ParamTensor;
 
-// Fills layout[NUM_PARAM_TENSORS] and returns the total number of parameters.
-size_t param_layout(const ModelConfig* c, ParamTensor layout[NUM_PARAM_TENSORS]);
+// Fills layout[NUM_PARAM_TENSORS] and returns the total number of parameters. n_local_experts is how many of each
+// MoE layer's experts this process holds (the expert tensors are (Lm, n_local_experts, ...)); the whole model is
+// n_local_experts = n_experts.
+size_t param_layout(const ModelConfig* c, int n_local_experts, ParamTensor layout[NUM_PARAM_TENSORS]);
 // The "matrices only" rule for weight decay.
 static inline int param_decays(const ParamTensor* t) { return t->kind != PARAM_NORM; }
 // Initialisation (MODEL.md): matrices N(0, 0.02), residual writers N(0, 0.02/sqrt(2L)), norm gains 1.

@@ -1,5 +1,5 @@
-// optim/muon.c: Muon for one tensor of matrices (MODEL.md): Nesterov momentum, Newton-Schulz orthogonalisation of
-// every matrix of the tensor as one batch, the RMS-matched update with decoupled weight decay.
+// optim/muon.c: Muon for a run of same-shape matrices (MODEL.md): Nesterov momentum, Newton-Schulz orthogonalisation
+// of every matrix of the run as one batch, the RMS-matched update with decoupled weight decay.
 #include "optim.h"
 #include <math.h>
 
@@ -31,17 +31,17 @@ double newton_schulz_flops(int rows, int cols, int steps) {
     return steps * (4.0 * n * n * m + 2.0 * n * n * n);
 }
 
-double muon_update_tensor(Optimizer* opt, Model* model, int i, float lr, float grad_scale) {
-    const ParamTensor* t = &model->layout[i];
+double muon_update_unit(Optimizer* opt, Model* model, const OptUnit* u, float lr, float grad_scale) {
+    const ParamTensor* t = &model->layout[u->tensor];
     const Ops* ops = model->ops;
-    float* u = opt->scratch;
+    size_t n = u->end - u->begin;
+    float* x = opt->scratch;
     // M = mu M + G ; U = G + mu M
-    ops->muon_momentum(opt->muon_m + opt->state_off[i], u, model->grads + t->offset, t->numel, opt->cfg.mu, grad_scale);
-    // every matrix of the tensor (layers x experts x row blocks), each (rows, cols), orthogonalised in one call
-    int rows = t->rows / t->row_blocks, cols = t->cols, batch = t->count * t->row_blocks;
-    ops->newton_schulz(u, batch, rows, cols, opt->ns_coeffs, opt->ns_steps);
-    opt->ns_flops += batch * newton_schulz_flops(rows, cols, opt->ns_steps);
+    ops->muon_momentum(opt->muon_m + u->state_off, x, model->grads + u->begin, n, opt->cfg.mu, grad_scale);
+    // the unit's matrices (a run of layers x experts x row blocks), each (rows, cols), orthogonalised in one call
+    int rows = t->rows / t->row_blocks, cols = t->cols;
+    ops->newton_schulz(x, u->mat1 - u->mat0, rows, cols, opt->ns_coeffs, opt->ns_steps);
     // W -= lr (0.2 sqrt(max(A, B)) O + wd W): the 0.2 sqrt(max) gives the update AdamW's RMS, so lr and wd carry over
     float scale = 0.2f * sqrtf((float)(rows > cols ? rows : cols));
-    return ops->muon_update(model->params + t->offset, u, t->numel, lr, scale, opt->cfg.weight_decay);
+    return ops->muon_update(model->params + u->begin, x, n, lr, scale, opt->cfg.weight_decay);
 }

@@ -31,27 +31,46 @@ typedef struct {
     int muon_router;        // 1: the router matrices go to Muon, 0: to AdamW
 } OptimConfig;
 
+// A piece of the parameters that one rank updates: a range of one tensor's elements (AdamW), or a run of whole
+// matrices of one tensor (Muon needs whole matrices). With several ranks the optimizer state is sharded (ZeRO-1):
+// every rank keeps the state of its own units only, updates them, and the new weights are gathered to every rank
+// that holds the tensor (all ranks, or for expert tensors the ranks holding the same experts).
+typedef struct {
+    int tensor;
+    size_t begin, end;  // element range in the (local) parameter array
+    int muon;           // 1: Muon on matrices [mat0, mat1) of the tensor
+    int mat0, mat1;
+    int owner;          // index of the updating rank within the tensor's group (GROUP_WORLD or GROUP_DP)
+    size_t state_off;   // first element of its state in adam_m/adam_v or muon_m (owner only)
+} OptUnit;
+
 typedef struct {
     OptimConfig cfg;
-    int use_muon[NUM_PARAM_TENSORS];     // 1: this tensor's matrices are updated by Muon
-    size_t state_off[NUM_PARAM_TENSORS]; // the tensor's first element in adam_m/adam_v, or in muon_m
-    float* adam_m;          // (adam_n) AdamW first moment of the AdamW tensors, backend memory
-    float* adam_v;          // (adam_n) second moment
+    Comm* comm;              // NULL: one process
+    int use_muon[NUM_PARAM_TENSORS];  // 1: this tensor's matrices are updated by Muon
+    OptUnit* units;          // (n_units) every unit of every rank, in parameter order
+    int n_units;
+    float* adam_m;           // (adam_n) AdamW first moment of this rank's AdamW units, backend memory
+    float* adam_v;           // (adam_n) second moment
     size_t adam_n;
-    float* muon_m;          // (muon_n) Muon momentum of the Muon tensors
+    float* muon_m;           // (muon_n) Muon momentum of this rank's Muon units
     size_t muon_n;
-    float* scratch;         // (largest Muon tensor) Nesterov input, orthogonalised in place
+    float* scratch;          // (largest own Muon unit) Nesterov input, orthogonalised in place
     size_t scratch_n;
+    float* gather_buf;       // host buffers for gathering the updated weights (multi-rank only)
+    size_t gather_n;
     int ns_steps;
-    float ns_coeffs[3 * 8]; // (ns_steps, 3) per-iteration (a, b, c)
-    int t;                  // updates applied so far
+    float ns_coeffs[3 * 8];  // (ns_steps, 3) per-iteration (a, b, c)
+    double ns_flops_rank;    // Newton-Schulz FLOPs per step of this rank's units
+    int t;                   // updates applied so far
     // telemetry of the last step
-    double muon_update_rms; // RMS of 0.2 sqrt(max(A,B)) O over all Muon elements (~0.2 for full-rank updates)
-    double ns_flops;        // Newton-Schulz FLOPs of the last step (overhead, not model FLOPs)
-    double seconds;         // wall time of the last step (update + clip bookkeeping)
+    double muon_update_rms;  // RMS of 0.2 sqrt(max(A,B)) O over all Muon elements of all ranks (~0.2 full rank)
+    double ns_flops;         // Newton-Schulz FLOPs of the last step, all ranks (overhead, not model FLOPs)
+    double seconds;          // wall time of the last step (update + gather)
 } Optimizer;
 
-// Validates cfg (a bad ns_table is fatal, naming --ns) and allocates the state.
+// Validates cfg (a bad ns_table is fatal, naming --ns), splits the work over model->comm's ranks and allocates
+// this rank's state.
 void optimizer_init(Optimizer* opt, const Model* model, const OptimConfig* cfg);
 void optimizer_free(Optimizer* opt, const Model* model);
 const char* optim_kind_name(OptimKind k);

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# scripts/deps.sh build|test: makes sure the Debian packages a target needs are installed. As root it installs
+# scripts/deps.sh build|test|mpi: makes sure the Debian packages a target needs are installed. As root it installs
 # what is missing with apt-get; otherwise it prints the exact command to run and fails.
 # (The default corpus has its own check in data/prepare_default.sh.)
 set -euo pipefail
 what=${1:-build}
 case "$what" in
     build) pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev" ;;
-    test)  pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev python3 python3-numpy python3-torch" ;;
-    *) echo "usage: scripts/deps.sh build|test" >&2; exit 2 ;;
+    test)  pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev python3 python3-numpy python3-torch openmpi-bin libopenmpi-dev" ;;
+    mpi)   pkgs="openmpi-bin libopenmpi-dev" ;;
+    *) echo "usage: scripts/deps.sh build|test|mpi" >&2; exit 2 ;;
 esac
 if ! command -v dpkg-query > /dev/null; then
     echo "deps: not a Debian system; make sure these (or equivalents) are installed: $pkgs" >&2

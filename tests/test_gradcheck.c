@@ -1017,7 +1017,7 @@ static void test_model(void) {
     char why[200];
     if (!check(config_validate(&c, why, sizeof why), "model: tiny config valid (%s)", config_validate(&c, why, sizeof why) ? "ok" : why)) return;
     ParamTensor lay[NUM_PARAM_TENSORS];
-    size_t np = param_layout(&c, lay);
+    size_t np = param_layout(&c, c.n_experts, lay);
     float* p = fnew(np);
     float* bias = fnew((size_t)Lm * E);
     int *tok = inew(N), *tgt = inew(N), *base_sel = inew((size_t)Lm * N * K);
@@ -1033,7 +1033,7 @@ static void test_model(void) {
                 p[lay[t].offset + i] = lay[t].kind == PARAM_NORM ? 1.0f + 0.2f * rn() : rn() / sqrtf((float)lay[t].cols);
         fill(bias, (size_t)Lm * E, 0.05f);
         for (int n = 0; n < N; n++) { tok[n] = (int)rng_below(&rng, c.vocab_size); tgt[n] = (int)rng_below(&rng, c.vocab_size); }
-        model_init(&m, &c, ops, p, 0);
+        model_init(&m, &c, ops, NULL, p, 0);
         m.balance_alpha = 0.05f;  // large enough that the balance loss's router gradient is visible in the sum
         ops->to_device(m.router_bias, bias, (size_t)Lm * E * sizeof(float));
         acts_alloc(&a, &m, B, T, 1);

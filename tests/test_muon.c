@@ -165,7 +165,7 @@ static void test_qk_clip(void) {
     c.dense_hidden = 14; c.seq_len = 12; c.routed_scale = 2.827f; c.rope_theta = 50000.0f; c.norm_eps = 1e-6f;
     int B = 2, T = c.seq_len, N = B * T, L = c.n_layers, H = c.n_heads;
     ParamTensor lay[NUM_PARAM_TENSORS];
-    size_t n = param_layout(&c, lay);
+    size_t n = param_layout(&c, c.n_experts, lay);
     float* p = xmalloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) p[i] = 0.3f * rng_normal(&rng);
     // large, different query/key weights per head so the heads' max logits spread well apart
@@ -178,7 +178,7 @@ static void test_qk_clip(void) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++)
         if (lay[t].kind == PARAM_NORM) for (size_t i = 0; i < lay[t].numel; i++) p[lay[t].offset + i] = 1.0f;
     Model m;
-    model_init(&m, &c, &ops_cpu, p, 0);
+    model_init(&m, &c, &ops_cpu, NULL, p, 0);
     Acts a;
     acts_alloc(&a, &m, B, T, 0);
     int* tok = xmalloc(N * sizeof(int));

@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     char why[256];
     if (!config_validate(&c, why, sizeof(why))) { fprintf(stderr, "error: %s: %s\n", path, why); return 2; }
     ParamTensor layout[NUM_PARAM_TENSORS];
-    size_t n = param_layout(&c, layout);
+    size_t n = param_layout(&c, c.n_experts, layout);
     if ((size_t)ih[19] != n) { fprintf(stderr, "error: %s has %d params, layout says %zu\n", path, ih[19], n); return 2; }
     int N = B * T, V = c.vocab_size, L = c.n_layers, H = c.n_heads, K = c.top_k, Lm = cfg_n_moe(&c), E = c.n_experts;
     printf("parity: %s  V=%d d=%d L=%d (dense %d) H=%d E=%d K=%d B=%d T=%d, %zu params, %d %s steps (ns %s, "
@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
     fclose(fh);
 
     Model m;
-    model_init(&m, &c, &ops_cpu, params0, 0);
+    model_init(&m, &c, &ops_cpu, NULL, params0, 0);
     m.balance_alpha = alpha;
     ops_cpu.to_device(m.router_bias, bias0, (size_t)Lm * E * sizeof(float));
     Acts a;

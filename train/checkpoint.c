@@ -79,12 +79,16 @@ static const char* const header_field_names[] = {"vocab_size", "d_model", "n_lay
     "q_lora", "kv_lora", "qk_nope", "qk_rope", "v_head", "n_experts", "top_k", "moe_hidden", "dense_hidden", "seq_len"};
 
 void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, const TrainState* st, int rank) {
-    ensure_dir(dir);
+    if (rank == 0) ensure_dir(dir);
+    if (m->comm) comm_barrier(m->comm);  // the directory exists before any rank writes into it
     const Ops* ops = m->ops;
     char path[1024];
     int Lm = cfg_n_moe(&m->cfg);
     size_t nb = (size_t)Lm * m->cfg.n_experts;
-    size_t n = m->num_params;
+    size_t n = m->num_params_global;
+    // the whole model in the global layout (collective over the expert-parallel group)
+    float* host = xmalloc((n > nb ? n : nb) * sizeof(float));
+    model_get_params(m, host);
     if (rank == 0) {
         int32_t h[256] = {0};
         h[0] = MODEL_MAGIC;
@@ -93,18 +97,16 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
         config_to_header(&m->cfg, h);
         h[20] = (int32_t)(n & 0x7fffffff);
         h[21] = (int32_t)(n >> 31);
-        float* host = xmalloc((n > nb ? n : nb) * sizeof(float));
         path_of(path, sizeof(path), dir, "model", st->step, -1);
         AtomicFile af;
         atomic_open(&af, path);
         atomic_write(&af, h, sizeof(h));
-        ops->to_host(host, m->params, n * sizeof(float));
         atomic_write(&af, host, n * sizeof(float));
         ops->to_host(host, m->router_bias, nb * sizeof(float));
         atomic_write(&af, host, nb * sizeof(float));
         atomic_close(&af);
-        free(host);
     }
+    free(host);
     // this rank's state
     float* mom1 = xmalloc((opt->adam_n ? opt->adam_n : 1) * sizeof(float));
     float* mom2 = xmalloc((opt->adam_n ? opt->adam_n : 1) * sizeof(float));
@@ -139,7 +141,8 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
     free(mom1);
     free(mom2);
     free(mmu);
-    // the marker comes last (under MPI, after a barrier: every rank's state is on disk)
+    // the marker comes last, once every rank's state is on disk
+    if (m->comm) comm_barrier(m->comm);
     if (rank == 0) {
         path_of(path, sizeof(path), dir, "DONE", st->step, -1);
         atomic_open(&af, path);
@@ -183,7 +186,7 @@ static void read_exact(FILE* f, void* dst, size_t bytes, const char* path) {
 void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank) {
     const Ops* ops = m->ops;
     char path[1024];
-    size_t n = m->num_params;
+    size_t n = m->num_params_global;
     int Lm = cfg_n_moe(&m->cfg);
     size_t nb = (size_t)Lm * m->cfg.n_experts;
 
@@ -207,13 +210,12 @@ void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainS
     if (file_n != n) fatal("checkpoint: %s holds %zu parameters, the model has %zu", path, file_n, n);
     float* host = xmalloc((n > nb ? n : nb) * sizeof(float));
     read_exact(f, host, n * sizeof(float), path);
-    ops->to_device(m->params, host, n * sizeof(float));
+    model_set_params(m, host);
     read_exact(f, host, nb * sizeof(float), path);
     ops->to_device(m->router_bias, host, nb * sizeof(float));
     if (fgetc(f) != EOF) fatal("checkpoint: %s has trailing bytes after the parameters", path);
     fclose(f);
     free(host);
-    model_sync_weights(m);
 
     // --- state
     path_of(path, sizeof(path), dir, "state", step, rank);
@@ -260,7 +262,8 @@ void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainS
     struct { const char* flag; long long a, b; } chk[] = {
         {"--batch-size", saved.micro_batch, st->micro_batch}, {"--seq-len", saved.seq_len, st->seq_len},
         {"--total-batch (micro-batches per step)", saved.grad_accum, st->grad_accum},
-        {"world size (ranks)", saved.world, st->world}, {"--seed", (long long)saved.seed, (long long)st->seed},
+        {"world size (ranks; the optimizer state is sharded over them)", saved.world, st->world},
+        {"--ep", saved.ep, st->ep}, {"--seed", (long long)saved.seed, (long long)st->seed},
     };
     for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
         if (chk[i].a != chk[i].b)

@@ -1,7 +1,8 @@
 // train/checkpoint.h: checkpoints that resume bit-identically.
 //
 // A checkpoint of step S in directory DIR is three kinds of file:
-//   DIR/model_S.bin         the model: header (config, step) + fp32 parameters + router bias   (rank 0 writes it)
+//   DIR/model_S.bin         the model: header (config, step) + fp32 parameters in the whole model's layout (however
+//                           the experts were split) + router bias   (rank 0 writes it)
 //   DIR/state_S_rR.bin      rank R's training state as named sections: optimizer state, data position, RNG, ...
 //   DIR/DONE_S              written last, after every other file is complete
 // Each file is written to a temporary name, flushed to disk and renamed, so a kill at any moment leaves the last
@@ -21,6 +22,7 @@ typedef struct {
     int seq_len;            // T
     int grad_accum;         // micro-batches per step
     int world;              // ranks
+    int ep;                 // expert-parallel group size
     uint64_t seed;
     char optimizer[16];     // "adamw" or "muon"
 } TrainState;
