@@ -536,12 +536,17 @@ int main(int argc, char** argv) {
     {
         // memory per rank, and the optimizer state's split (ZeRO-1: each rank keeps the state of its own units)
         double state = (2.0 * opt.adam_n + opt.muon_n) * sizeof(float), total_state = state;
+        double range[2] = {state, -state};  // largest and smallest share over the ranks
         comm_allreduce_sum_f64(&comm, GROUP_WORLD, &total_state, 1);
+        comm_allreduce_max_f64(&comm, GROUP_WORLD, range, 2);
         printf("ranks %d (expert parallel %d x data parallel %d): %d of %d experts per layer on each rank\n", world,
                comm.ep, comm.dp, model.n_local_experts, cfg.n_experts);
         printf("memory on rank 0: parameters %.1f MB, gradients %.1f MB, optimizer state %.1f MB (%.1f%% of all ranks' "
                "%.1f MB), activations %.1f MB\n", model.num_params * 4 / 1e6, model.num_params * 4 / 1e6, state / 1e6,
                100.0 * state / total_state, total_state / 1e6, (acts.bytes + sample_acts.bytes) / 1e6);
+        if (world > 1)
+            printf("optimizer state per rank: %.1f%% to %.1f%% of the whole (1/%d = %.1f%%)\n", 100.0 * -range[1] / total_state,
+                   100.0 * range[0] / total_state, world, 100.0 / world);
     }
     printf("optimizer %s lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g; QK-Clip tau %g\n",
            flags.optim, flags.lr, flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip,

@@ -182,7 +182,7 @@ void comm_alltoall_int(Comm* c, CommGroup g, const int* send, int* recv, int n) 
 
 void comm_alltoallv_bytes(Comm* c, CommGroup g, const void* send, const size_t* scounts, const size_t* sdispls,
                           void* recv, const size_t* rcounts, const size_t* rdispls) {
-    int p = comm_group_size(c, g), me = comm_group_rank(c, g);
+    int p = comm_group_size(c, g);
     if (p == 1 || !c->mpi) {
         if (scounts[0]) memmove((char*)recv + rdispls[0], (const char*)send + sdispls[0], scounts[0]);
         return;
@@ -196,6 +196,7 @@ void comm_alltoallv_bytes(Comm* c, CommGroup g, const void* send, const size_t* 
         v[3 * p + i] = to_int(rdispls[i], "all-to-all");
     }
     MPI_Alltoallv(send, v, v + p, MPI_BYTE, recv, v + 2 * p, v + 3 * p, MPI_BYTE, group_comm(c, g));
+    int me = comm_group_rank(c, g);
     for (int i = 0; i < p; i++)
         if (i != me) c->bytes_alltoall += (double)scounts[i];
     free(v);

@@ -62,7 +62,10 @@ else
 fi
 
 # the trainer end to end: resume determinism, bad input
-[ -f tests/test_cli.sh ] && run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
+run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
+
+# several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
+run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 
 echo "===="
 echo "$passed passed, $failed failed ($skipped skipped)"

@@ -183,6 +183,22 @@ static void read_exact(FILE* f, void* dst, size_t bytes, const char* path) {
     if (bytes && fread(dst, 1, bytes, f) != bytes) fatal("checkpoint: %s is truncated", path);
 }
 
+// The run's layout must match, or the continuation would not be the same run.
+static void check_layout(const char* path, const TrainState* saved, const TrainState* st) {
+    if (strcmp(saved->optimizer, st->optimizer) != 0)
+        fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved->optimizer, st->optimizer);
+    struct { const char* flag; long long a, b; } chk[] = {
+        {"--batch-size", saved->micro_batch, st->micro_batch}, {"--seq-len", saved->seq_len, st->seq_len},
+        {"--total-batch (micro-batches per step)", saved->grad_accum, st->grad_accum},
+        {"world size: ranks (the optimizer state is sharded over them)", saved->world, st->world},
+        {"--ep", saved->ep, st->ep}, {"--seed", (long long)saved->seed, (long long)st->seed},
+    };
+    for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
+        if (chk[i].a != chk[i].b)
+            fatal("checkpoint: %s was written with %s %lld, this run has %lld; resume with the same setting", path,
+                  chk[i].flag, chk[i].a, chk[i].b);
+}
+
 void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank) {
     const Ops* ops = m->ops;
     char path[1024];
@@ -217,7 +233,28 @@ void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainS
     fclose(f);
     free(host);
 
-    // --- state
+    // --- state. First rank 0's record of the run's layout, which every rank can read: a different world size
+    // must be refused before ranks go looking for state files that do not exist.
+    if (rank != 0) {
+        char p0[1024];
+        path_of(p0, sizeof(p0), dir, "state", step, 0);
+        FILE* f0 = fopen(p0, "rb");
+        if (!f0) fatal("checkpoint: cannot open %s: %s", p0, strerror(errno));
+        int32_t h0[64];
+        read_exact(f0, h0, sizeof(h0), p0);
+        char name[32];
+        uint64_t bytes;
+        TrainState first;
+        read_exact(f0, name, sizeof(name), p0);
+        read_exact(f0, &bytes, sizeof(bytes), p0);
+        if (h0[0] != STATE_MAGIC || strncmp(name, "train_state", 32) || bytes != sizeof(first))
+            fatal("checkpoint: %s does not start with the training state", p0);
+        read_exact(f0, &first, sizeof(first), p0);
+        fclose(f0);
+        if (first.world != st->world)
+            fatal("checkpoint: %s was written by %d ranks, this run has %d: the optimizer state is sharded over the "
+                  "ranks, so resume with the same world size", p0, first.world, st->world);
+    }
     path_of(path, sizeof(path), dir, "state", step, rank);
     f = fopen(path, "rb");
     if (!f) fatal("checkpoint: cannot open %s: %s", path, strerror(errno));
@@ -253,22 +290,10 @@ void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainS
         } else {
             read_exact(f, dst, bytes, path);
         }
-        if (dst == &saved && strcmp(saved.optimizer, st->optimizer) != 0)
-            fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved.optimizer, st->optimizer);
+        if (dst == &saved) check_layout(path, &saved, st);  // before the sections whose sizes depend on it
     }
     fclose(f);
     if (!(got_state && got_t && got_m && got_v && got_mu)) fatal("checkpoint: %s is missing optimizer or training state", path);
-    // the run's layout must match, or the continuation would not be the same run
-    struct { const char* flag; long long a, b; } chk[] = {
-        {"--batch-size", saved.micro_batch, st->micro_batch}, {"--seq-len", saved.seq_len, st->seq_len},
-        {"--total-batch (micro-batches per step)", saved.grad_accum, st->grad_accum},
-        {"world size (ranks; the optimizer state is sharded over them)", saved.world, st->world},
-        {"--ep", saved.ep, st->ep}, {"--seed", (long long)saved.seed, (long long)st->seed},
-    };
-    for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
-        if (chk[i].a != chk[i].b)
-            fatal("checkpoint: %s was written with %s %lld, this run has %lld; resume with the same setting", path,
-                  chk[i].flag, chk[i].a, chk[i].b);
     *st = saved;
 }
 
