@@ -185,12 +185,14 @@ static void read_exact(FILE* f, void* dst, size_t bytes, const char* path) {
 
 // The run's layout must match, or the continuation would not be the same run.
 static void check_layout(const char* path, const TrainState* saved, const TrainState* st) {
+    if (saved->world != st->world)
+        fatal("checkpoint: %s was written by %d ranks, this run has %d: the optimizer state is sharded over the "
+              "ranks, so resume with the same world size", path, saved->world, st->world);
     if (strcmp(saved->optimizer, st->optimizer) != 0)
         fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved->optimizer, st->optimizer);
     struct { const char* flag; long long a, b; } chk[] = {
         {"--batch-size", saved->micro_batch, st->micro_batch}, {"--seq-len", saved->seq_len, st->seq_len},
         {"--total-batch (micro-batches per step)", saved->grad_accum, st->grad_accum},
-        {"world size: ranks (the optimizer state is sharded over them)", saved->world, st->world},
         {"--ep", saved->ep, st->ep}, {"--seed", (long long)saved->seed, (long long)st->seed},
     };
     for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
