@@ -118,7 +118,7 @@ static const FlagSpec flag_specs[] = {
     {"--overwrite", F_BOOL, &flags.overwrite, "start afresh in an --out that holds an earlier run (deletes it)"},
     {"--threads", F_INT, &flags.threads, "CPU threads per rank (default: all cores)"},
     {"--ep", F_INT, &flags.ep, "expert parallelism: ranks that split each layer's experts (divides ranks and 384)"},
-    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak for MFU (default: measured sgemm on CPU)"},
+    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak per rank for MFU (default: measured sgemm on CPU)"},
     {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop after this many non-finite steps in a row"},
     {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
     {"--help", F_BOOL, &flags.help, "this list"},
@@ -526,7 +526,9 @@ int main(int argc, char** argv) {
     sched.warmup = flags.warmup;
     sched.total = flags.steps;
     sched.decay_frac = flags.decay_frac;
+    // the MFU denominator: every rank's measured sgemm rate (with its threads), summed over the ranks
     double peak = flags.peak_gflops > 0 ? flags.peak_gflops : measure_sgemm_gflops();
+    comm_allreduce_sum_f64(&comm, GROUP_WORLD, &peak, 1);
     double flops_per_token = config_flops_per_token(&cfg, T);
 
     // --- banner
@@ -566,8 +568,9 @@ int main(int argc, char** argv) {
     printf("data: %d train shard(s), %llu tokens, %zu windows; val %s; tokenizer %s\n", train.n_shards,
            (unsigned long long)dataloader_total_tokens(&train), train.n_windows,
            have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
-    printf("MFU peak: %.1f GFLOP/s (%s; OpenBLAS %s kernels)\n", peak,
-           flags.peak_gflops > 0 ? "--peak-gflops" : "measured 1024^3 sgemm, this machine", openblas_get_corename());
+    printf("MFU peak: %.1f GFLOP/s (%s%s; OpenBLAS %s kernels)\n", peak,
+           flags.peak_gflops > 0 ? "--peak-gflops" : "measured 1024^3 sgemm, this machine",
+           world > 1 ? ", summed over the ranks" : "", openblas_get_corename());
     printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
     if (resume_step >= 0) {
         printf("resumed from step %d\n", st.step);
@@ -575,10 +578,14 @@ int main(int argc, char** argv) {
         // checkpoint logged steps that are now redone)
         fprintf(json_log, "{\"type\":\"resume\",\"step\":%d}\n", st.step);
     }
-    fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"params\":%zu,\"active_params\":%.0f,"
+    fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"d_model\":%d,\"n_layers\":%d,\"n_dense_layers\":%d,"
+            "\"n_heads\":%d,\"n_experts\":%d,\"top_k\":%d,\"moe_hidden\":%d,\"params_global\":%zu,\"expert_params_global\":%zu,",
+            cfg.name, cfg.d_model, cfg.n_layers, cfg.n_dense_layers, cfg.n_heads, cfg.n_experts, cfg.top_k, cfg.moe_hidden,
+            model.num_params_global, model.global_layout[P_EXPERT_W13].numel + model.global_layout[P_EXPERT_W2].numel);
+    fprintf(json_log, "\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
             "\"world\":%d,\"ep\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
-            cfg.name, model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
+            model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
             grad_accum, world, flags.ep, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
     fflush(json_log);
 
