@@ -30,7 +30,7 @@ LDLIBS += $(BLAS_LIBS)
 CORE_SRC = common.c model/config.c model/params.c model/model.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            model/ops_select.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
-           data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c comm/comm.c
+           data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c comm/comm.c
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h optim/*.h data/*.h train/*.h comm/*.h)
 

@@ -54,6 +54,12 @@ typedef struct {
     int ep;                   // expert-parallel group size
     float peak_gflops;        // 0 = measure sgemm at start
     int max_bad_steps;        // consecutive non-finite steps before the run stops
+    float spike_z;            // z-score above which a step's loss or grad norm is a spike (0 = no detection)
+    int spike_window;         // steps in the rolling window
+    int skip_spikes;          // skip the update of a spike step
+    const char* replay;       // "S0:S1": re-run steps S0+1..S1 from checkpoint S0 with full telemetry
+    int inject_nan;           // testing: step whose gradients are made NaN
+    int inject_spike;         // testing: step whose targets are replaced by random tokens
     int list_models;
     int help;
 } Flags;
@@ -75,7 +81,8 @@ static Flags flags = {
     .beta1 = 0.9f, .beta2 = 0.95f, .adam_eps = 1e-8f, .grad_clip = 1.0f, .balance_alpha = 1e-4f,
     .bias_gamma = 1e-3f, .seed = 1337, .val_every = 100, .val_batches = 8, .sample_every = 250,
     .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0, .ep = 1,
-    .peak_gflops = 0, .max_bad_steps = 5,
+    .peak_gflops = 0, .max_bad_steps = 5, .spike_z = 6.0f, .spike_window = 128, .skip_spikes = 0, .replay = NULL,
+    .inject_nan = 0, .inject_spike = 0,
 };
 
 static const FlagSpec flag_specs[] = {
@@ -119,7 +126,13 @@ static const FlagSpec flag_specs[] = {
     {"--threads", F_INT, &flags.threads, "CPU threads per rank (default: all cores)"},
     {"--ep", F_INT, &flags.ep, "expert parallelism: ranks that split each layer's experts (divides ranks and 384)"},
     {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak per rank for MFU (default: measured sgemm on CPU)"},
-    {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop after this many non-finite steps in a row"},
+    {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop (with a checkpoint) after this many non-finite steps in a row"},
+    {"--spike-z", F_FLOAT, &flags.spike_z, "loss / grad-norm z-score that marks a spike (0 = no detection)"},
+    {"--spike-window", F_INT, &flags.spike_window, "steps in the spike detector's rolling window (<= 1024)"},
+    {"--skip-spikes", F_BOOL, &flags.skip_spikes, "skip the update of a spike step (its values stay out of the window)"},
+    {"--replay", F_STR, &flags.replay, "S0:S1: re-run steps S0+1..S1 of the run in --out from its checkpoint S0 (0: from the start) with full telemetry, into replay_S0_S1.jsonl; same flags as the run"},
+    {"--inject-nan", F_INT, &flags.inject_nan, "testing: make step N's gradients NaN"},
+    {"--inject-spike", F_INT, &flags.inject_spike, "testing: give step N random targets (a loss spike)"},
     {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
     {"--help", F_BOOL, &flags.help, "this list"},
 };
@@ -193,7 +206,8 @@ static void check_flags(void) {
         {"--val-every", flags.val_every, 0}, {"--val-batches", flags.val_batches, 1},
         {"--sample-every", flags.sample_every, 0}, {"--sample-tokens", flags.sample_tokens, 1},
         {"--ckpt-every", flags.ckpt_every, 0}, {"--ckpt-keep", flags.ckpt_keep, 0}, {"--threads", flags.threads, 0},
-        {"--max-bad-steps", flags.max_bad_steps, 1}, {"--seed", flags.seed, 0},
+        {"--max-bad-steps", flags.max_bad_steps, 1}, {"--seed", flags.seed, 0}, {"--spike-window", flags.spike_window, 2},
+        {"--inject-nan", flags.inject_nan, 0}, {"--inject-spike", flags.inject_spike, 0},
     };
     for (size_t i = 0; i < sizeof(ge) / sizeof(ge[0]); i++)
         if (ge[i].v < ge[i].lo) fatal("flag %s = %lld must be >= %lld", ge[i].name, ge[i].v, ge[i].lo);
@@ -215,6 +229,9 @@ static void check_flags(void) {
     if (flags.qk_clip_tau < 0) fatal("flag --qk-clip-tau = %g must be >= 0 (0 turns it off)", flags.qk_clip_tau);
     if (flags.peak_gflops < 0) fatal("flag --peak-gflops = %g must be >= 0", flags.peak_gflops);
     if (flags.resume && flags.overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
+    if (flags.spike_z < 0) fatal("flag --spike-z = %g must be >= 0 (0 turns detection off)", flags.spike_z);
+    if (flags.spike_window > SPIKE_MAX_WINDOW) fatal("flag --spike-window = %d must be <= %d", flags.spike_window, SPIKE_MAX_WINDOW);
+    if (flags.replay && (flags.resume || flags.overwrite)) fatal("flag --replay re-runs part of a run in --out; it conflicts with --resume and --overwrite");
     if (strcmp(flags.device, "auto") && strcmp(flags.device, "cpu") && strcmp(flags.device, "cuda"))
         fatal("flag --device = '%s' must be auto, cpu or cuda", flags.device);
     LRShape shape;
@@ -467,7 +484,21 @@ int main(int argc, char** argv) {
     if (flags.out) snprintf(out_dir, sizeof(out_dir), "%s", flags.out);
     else snprintf(out_dir, sizeof(out_dir), "runs/%s", cfg.name);
     int resume_step = -1;
-    if (flags.resume) {
+    int replay_from = -1, replay_to = -1;  // --replay: steps replay_from+1 .. replay_to
+    if (flags.replay) {
+        char tail;
+        if (sscanf(flags.replay, "%d:%d%c", &replay_from, &replay_to, &tail) != 2 || replay_from < 0 ||
+            replay_to <= replay_from || replay_to > flags.steps)
+            fatal("flag --replay = '%s' must be S0:S1 with 0 <= S0 < S1 <= --steps (%d)", flags.replay, flags.steps);
+        if (replay_from > 0) {
+            char done[1024];
+            snprintf(done, sizeof(done), "%s/DONE_%08d", out_dir, replay_from);
+            if (access(done, F_OK) != 0)
+                fatal("flag --replay %s: %s has no complete checkpoint of step %d (spike checkpoints are kept; see the "
+                      "log's spike records for replay_from)", flags.replay, out_dir, replay_from);
+            resume_step = replay_from;
+        }
+    } else if (flags.resume) {
         resume_step = checkpoint_latest(out_dir);
         if (resume_step < 0) fatal("flag --resume: no complete checkpoint in %s", out_dir);
     } else if (dir_has_run(out_dir)) {
@@ -493,6 +524,7 @@ int main(int argc, char** argv) {
     st.seed = (uint64_t)flags.seed;
     snprintf(st.optimizer, sizeof(st.optimizer), "%s", optim_kind_name(ocfg.kind));
     rng_seed(&st.sample_rng, (uint64_t)flags.seed ^ 0x5A4D504C45ULL);
+    spikes_init(&st.spikes, flags.spike_window);
     if (resume_step >= 0) {
         checkpoint_load(out_dir, resume_step, &model, &opt, &st, rank);
         dataloader_seek(&train, st.data_epoch, st.data_cursor);
@@ -504,13 +536,14 @@ int main(int argc, char** argv) {
         json_log = fopen("/dev/null", "w");
         if (!json_log) fatal("cannot open /dev/null");
     } else {
-        if (!flags.resume && flags.overwrite) clear_run_dir(out_dir);
+        if (!flags.resume && !flags.replay && flags.overwrite) clear_run_dir(out_dir);
         char cmd[1024];
         snprintf(cmd, sizeof(cmd), "%s", out_dir);
         for (char* p = cmd + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(cmd, 0755); *p = '/'; }
         if (mkdir(cmd, 0755) != 0 && errno != EEXIST) fatal("--out %s: cannot create it: %s", out_dir, strerror(errno));
         char path[1024];
-        snprintf(path, sizeof(path), "%s/log.jsonl", out_dir);
+        if (flags.replay) snprintf(path, sizeof(path), "%s/replay_%d_%d.jsonl", out_dir, replay_from, replay_to);
+        else snprintf(path, sizeof(path), "%s/log.jsonl", out_dir);
         json_log = fopen(path, flags.resume ? "a" : "w");
         if (!json_log) fatal("--out %s: cannot write %s: %s", out_dir, path, strerror(errno));
     }
@@ -572,7 +605,10 @@ int main(int argc, char** argv) {
            flags.peak_gflops > 0 ? "--peak-gflops" : "measured 1024^3 sgemm, this machine",
            world > 1 ? ", summed over the ranks" : "", openblas_get_corename());
     printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
-    if (resume_step >= 0) {
+    if (flags.replay) {
+        printf("replaying steps %d..%d from %s with full telemetry into %s/replay_%d_%d.jsonl\n", replay_from + 1,
+               replay_to, replay_from ? "its checkpoint" : "the initial weights", out_dir, replay_from, replay_to);
+    } else if (resume_step >= 0) {
         printf("resumed from step %d\n", st.step);
         // records after this line supersede any earlier ones for the same steps (a run killed after its last
         // checkpoint logged steps that are now redone)
@@ -597,11 +633,14 @@ int main(int argc, char** argv) {
     float* load = xmalloc((size_t)(Lm > 0 ? Lm : 1) * E * sizeof(float));
     float* layer_max = xmalloc((size_t)L * sizeof(float));
     float* imbalance = xmalloc((size_t)(Lm > 0 ? Lm : 1) * sizeof(float));
+    int* clipped = xmalloc((size_t)L * H * sizeof(int));
+    float* params_before = flags.replay ? xmalloc(model.num_params * sizeof(float)) : NULL;
     double time_sum = 0.0;
-    int time_count = 0, bad_in_row = 0;
-    for (int step = st.step; step < flags.steps; step++) {
+    int time_count = 0;
+    int end_step = flags.replay ? replay_to : flags.steps;
+    for (int step = st.step; step < end_step; step++) {
         int last = step == flags.steps - 1;
-        if (have_val && flags.val_every && (step % flags.val_every == 0 || last)) {
+        if (!flags.replay && have_val && flags.val_every && (step % flags.val_every == 0 || last)) {
             float vl = validate(&model, &acts, &val, B, T, flags.val_batches, rank, world);
             printf("step %d: val loss %.4f\n", step, vl);
             fprintf(json_log, "{\"type\":\"val\",\"step\":%d", step);
@@ -609,7 +648,7 @@ int main(int argc, char** argv) {
             fprintf(json_log, "}\n");
             fflush(json_log);
         }
-        if (flags.sample_every && step > 0 && step % flags.sample_every == 0)
+        if (!flags.replay && flags.sample_every && step > 0 && step % flags.sample_every == 0)
             sample_text(&model, &sample_acts, &tok, &st.sample_rng, flags.sample_tokens, step);
 
         double t0 = wall_seconds();
@@ -619,11 +658,20 @@ int main(int argc, char** argv) {
         double ce = 0.0, aux = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
             dataloader_next(&train, inputs, targets, B, rank, world);
+            if (step + 1 == flags.inject_spike) {  // testing: random targets make this step's loss jump
+                Rng r;
+                rng_seed(&r, (uint64_t)flags.seed * 7919 + step * 131 + micro * 17 + rank);
+                for (int i = 0; i < B * T; i++) targets[i] = (int)rng_below(&r, cfg.vocab_size);
+            }
             model_forward(&model, &acts, inputs, targets, B, T);
             // every rank's share of the global-batch mean: the sums over ranks below make it whole
             model_backward(&model, &acts, 1.0f / (grad_accum * world));
             ce += model.ce_loss / grad_accum;
             aux += model.aux_loss / grad_accum;
+        }
+        if (step + 1 == flags.inject_nan) {  // testing: a NaN gradient must never reach the weights
+            float nan = NAN;
+            ops->to_device(model.grads, &nan, sizeof(float));
         }
         dist_reduce_grads(&model);
         dist_reduce_step_stats(&model);  // global expert loads (bias update) and max logits (QK-Clip)
@@ -632,26 +680,60 @@ int main(int argc, char** argv) {
         float loss = (float)(ce + aux);
         float norm = grad_global_norm(&model);
         float lr = lr_at(&sched, step);
-        int skipped = 0, heads_clipped = 0;
-        if (!isfinite(loss) || !isfinite(norm)) {
-            // a non-finite loss or gradient never reaches the weights
-            skipped = 1;
-            bad_in_row++;
-            if (bad_in_row >= flags.max_bad_steps)
-                fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); stopping without touching the "
-                      "weights. %s", step + 1, bad_in_row, loss, norm,
-                      checkpoint_latest(out_dir) >= 0 ? "Resume from the last checkpoint with --resume" : "No checkpoint was written");
+
+        // spikes: z-scores against the window of earlier steps; non-finite values never reach the weights
+        int finite = isfinite(loss) && isfinite(norm);
+        double z_loss = NAN, z_norm = NAN;
+        if (finite) spikes_z(&st.spikes, loss, norm, &z_loss, &z_norm);
+        int spike = finite && flags.spike_z > 0 &&
+                    ((isfinite(z_loss) && z_loss > flags.spike_z) || (isfinite(z_norm) && z_norm > flags.spike_z) ||
+                     (z_loss == INFINITY) || (z_norm == INFINITY));
+        int skip_update = !finite || (spike && flags.skip_spikes);
+        int heads_clipped = 0;
+        memset(clipped, 0, (size_t)L * H * sizeof(int));
+        if (params_before) ops->to_host(params_before, model.params, model.num_params * sizeof(float));
+        if (!finite) {
+            st.bad_in_row++;
+            fprintf(json_log, "{\"type\":\"nonfinite\",\"step\":%d,\"in_a_row\":%d", step + 1, st.bad_in_row);
+            json_num(json_log, "loss", loss);
+            json_num(json_log, "grad_norm", norm);
+            fprintf(json_log, "}\n");
+            fflush(json_log);
         } else {
-            bad_in_row = 0;
+            st.bad_in_row = 0;
+        }
+        if (!skip_update) {
             optimizer_step(&opt, &model, lr, grad_clip_scale(norm, flags.grad_clip));
             if (flags.bias_gamma > 0) model_update_router_bias(&model, flags.bias_gamma);
-            heads_clipped = qk_clip(&model, flags.qk_clip_tau, NULL);
+            heads_clipped = qk_clip(&model, flags.qk_clip_tau, clipped);
+            spikes_push(&st.spikes, loss, norm);  // a skipped spike stays out of the window
         }
         ops->sync();
         double dt = wall_seconds() - t0;
         st.step = step + 1;
         st.data_epoch = train.epoch;
         st.data_cursor = train.cursor;
+        if (st.bad_in_row >= flags.max_bad_steps) {
+            // the weights are those of the last good update: keep them in a checkpoint and stop
+            if (!flags.replay) checkpoint_save(out_dir, &model, &opt, &st, rank);
+            fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); none reached the weights. Stopped%s",
+                  step + 1, st.bad_in_row, loss, norm,
+                  flags.replay ? "" : "; the last good weights are checkpointed: look at the log, then --resume");
+        }
+        if (spike) {
+            // the replay of this spike starts at the newest checkpoint before it: keep that one
+            int from = flags.replay ? replay_from : checkpoint_latest(out_dir);
+            if (from < 0) from = 0;
+            if (!flags.replay && from > 0 && rank == 0) checkpoint_protect(out_dir, from);
+            printf("SPIKE at step %d: loss %.4f (z %.1f), grad norm %.3f (z %.1f)%s; replay with --replay %d:%d\n",
+                   step + 1, loss, z_loss, norm, z_norm, skip_update ? ", update skipped" : "", from, step + 1);
+            fprintf(json_log, "{\"type\":\"spike\",\"step\":%d", step + 1);
+            json_num(json_log, "loss", loss);
+            json_num(json_log, "loss_z", z_loss);
+            json_num(json_log, "grad_norm", norm);
+            json_num(json_log, "norm_z", z_norm);
+            fprintf(json_log, ",\"action\":\"%s\",\"replay_from\":%d}\n", skip_update ? "skipped" : "logged", from);
+        }
 
         // --- telemetry
         model_get_maxlogit(&model, maxlogit);
@@ -674,7 +756,7 @@ int main(int argc, char** argv) {
         double tok_s = total_batch / dt;
         double mfu = flops_per_token * tok_s / (peak * 1e9);
         char eta[32];
-        format_duration(eta, sizeof(eta), (time_sum / time_count) * (flags.steps - step - 1));
+        format_duration(eta, sizeof(eta), (time_sum / time_count) * (end_step - step - 1));
         char clip_note[64] = "";
         if (heads_clipped) snprintf(clip_note, sizeof(clip_note), " (%d clipped)", heads_clipped);
         if (ocfg.kind == OPTIM_MUON)
@@ -682,7 +764,7 @@ int main(int argc, char** argv) {
         printf("step %5d/%d | loss %.4f (aux %.4f) | lr %.2e | norm %.3f | %6.0f ms (opt %.0f) | %7.0f tok/s | MFU %4.1f%% | "
                "maxlogit %.2f%s | load max/mean %.2f | ETA %s%s\n",
                step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, opt.seconds * 1e3, tok_s, 100 * mfu, max_logit,
-               clip_note, worst_imb, eta, skipped ? " | SKIPPED (non-finite)" : "");
+               clip_note, worst_imb, eta, !finite ? " | SKIPPED (non-finite)" : skip_update ? " | SKIPPED (spike)" : "");
         fprintf(json_log, "{\"type\":\"step\",\"step\":%d", step + 1);
         json_num(json_log, "loss", loss);
         json_num(json_log, "ce", ce);
@@ -703,13 +785,50 @@ int main(int argc, char** argv) {
             json_num(json_log, "muon_update_rms", opt.muon_update_rms);
             json_num(json_log, "ns_gflop", opt.ns_flops / 1e9);
         }
-        fprintf(json_log, ",\"heads_clipped\":%d,\"skipped\":%d,\"max_logit_layer\":", heads_clipped, skipped);
+        json_num(json_log, "loss_z", z_loss);
+        json_num(json_log, "norm_z", z_norm);
+        fprintf(json_log, ",\"spike\":%d,\"heads_clipped\":%d,\"skipped\":%d", spike, heads_clipped, skip_update);
+        if (heads_clipped) {
+            fprintf(json_log, ",\"clipped_heads\":[");
+            for (int i = 0, first = 1; i < L * H; i++)
+                if (clipped[i]) { fprintf(json_log, "%s%d", first ? "" : ",", i); first = 0; }
+            fprintf(json_log, "]");
+        }
+        fprintf(json_log, ",\"max_logit_layer\":");
         json_float_array(json_log, layer_max, L);
+        fprintf(json_log, ",\"max_logit_head\":");
+        json_float_array(json_log, maxlogit, L * H);
         fprintf(json_log, ",\"load_imbalance\":");
         json_float_array(json_log, imbalance, Lm);
+        if (flags.replay) {
+            // full telemetry: every expert's load, and each tensor's update RMS per layer (experts of a layer
+            // together; this rank's experts under --ep)
+            fprintf(json_log, ",\"expert_load\":");
+            json_float_array(json_log, load, Lm * E);
+            fprintf(json_log, ",\"update_rms\":{");
+            float* now = xmalloc(model.num_params * sizeof(float));
+            ops->to_host(now, model.params, model.num_params * sizeof(float));
+            for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+                const ParamTensor* pt = &model.layout[t];
+                int groups = (t == P_EXPERT_W13 || t == P_EXPERT_W2) ? Lm : pt->count;
+                size_t per = groups ? pt->numel / groups : 0;
+                fprintf(json_log, "%s\"%s\":[", t ? "," : "", pt->name);
+                for (int g = 0; g < groups; g++) {
+                    double sq = 0.0;
+                    for (size_t i = 0; i < per; i++) {
+                        double dlt = (double)now[pt->offset + g * per + i] - params_before[pt->offset + g * per + i];
+                        sq += dlt * dlt;
+                    }
+                    fprintf(json_log, "%s%.6g", g ? "," : "", sqrt(sq / per));
+                }
+                fprintf(json_log, "]");
+            }
+            fprintf(json_log, "}");
+            free(now);
+        }
+        fprintf(json_log, "}\n");
+        fflush(json_log);
         if (flags.val_every && (step % flags.val_every == 0 || last)) {
-            fprintf(json_log, ",\"max_logit_head\":");
-            json_float_array(json_log, maxlogit, L * H);
             // the table QK-Clip acts on: max scaled logit of every head this step
             printf("  max logit per head (step %d):\n", step + 1);
             for (int l = 0; l < L; l++) {
@@ -718,16 +837,16 @@ int main(int argc, char** argv) {
                 printf("\n");
             }
         }
-        fprintf(json_log, "}\n");
-        fflush(json_log);
 
-        if ((flags.ckpt_every && st.step % flags.ckpt_every == 0) || st.step == flags.steps) {
+        if (!flags.replay && ((flags.ckpt_every && st.step % flags.ckpt_every == 0) || st.step == flags.steps)) {
             checkpoint_save(out_dir, &model, &opt, &st, rank);
             if (rank == 0) checkpoint_prune(out_dir, flags.ckpt_keep);
             printf("checkpoint: %s step %d\n", out_dir, st.step);
         }
     }
 
+    free(clipped);
+    free(params_before);
     free(inputs); free(targets); free(maxlogit); free(load); free(layer_max); free(imbalance);
     acts_free(&acts, &model);
     acts_free(&sample_acts, &model);

@@ -64,6 +64,9 @@ fi
 # the trainer end to end: resume determinism, bad input
 run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 
+# the loss-spike lab: detection, skip, replay, NaN policy
+run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
+
 # several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
 run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 

@@ -12,7 +12,7 @@
 
 static void path_of(char* out, size_t n, const char* dir, const char* kind, int step, int rank) {
     if (rank >= 0) snprintf(out, n, "%s/%s_%08d_r%d.bin", dir, kind, step, rank);
-    else if (!strcmp(kind, "DONE")) snprintf(out, n, "%s/DONE_%08d", dir, step);
+    else if (!strcmp(kind, "DONE") || !strcmp(kind, "KEEP")) snprintf(out, n, "%s/%s_%08d", dir, kind, step);
     else snprintf(out, n, "%s/%s_%08d.bin", dir, kind, step);
 }
 
@@ -306,6 +306,8 @@ static void remove_steps(const char* dir, const int* steps, int from, int n) {
         char path[1024];
         path_of(path, sizeof(path), dir, "DONE", steps[i], -1);
         unlink(path);
+        path_of(path, sizeof(path), dir, "KEEP", steps[i], -1);
+        unlink(path);
         path_of(path, sizeof(path), dir, "model", steps[i], -1);
         unlink(path);
         for (int r = 0;; r++) {
@@ -328,8 +330,24 @@ void checkpoint_prune(const char* dir, int keep) {
     if (keep <= 0) return;
     int* steps;
     int n = sorted_done_steps(dir, &steps);
-    remove_steps(dir, steps, keep, n);
+    // drop protected checkpoints from the removal list (they neither count toward `keep` nor go)
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        char path[1024];
+        path_of(path, sizeof(path), dir, "KEEP", steps[i], -1);
+        if (i < keep || access(path, F_OK) != 0) steps[m++] = steps[i];
+    }
+    remove_steps(dir, steps, keep, m);
     free(steps);
+}
+
+void checkpoint_protect(const char* dir, int step) {
+    char path[1024];
+    path_of(path, sizeof(path), dir, "KEEP", step, -1);
+    AtomicFile af;
+    atomic_open(&af, path);
+    atomic_write(&af, "replay\n", 7);
+    atomic_close(&af);
 }
 
 void checkpoint_remove_all(const char* dir) {

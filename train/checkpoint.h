@@ -10,6 +10,7 @@
 #pragma once
 #include "../model/model.h"
 #include "../optim/optim.h"
+#include "spikes.h"
 
 // Everything besides the model and the optimizer that the next step depends on.
 typedef struct {
@@ -25,6 +26,8 @@ typedef struct {
     int ep;                 // expert-parallel group size
     uint64_t seed;
     char optimizer[16];     // "adamw" or "muon"
+    SpikeStats spikes;      // the loss / grad-norm window of the spike detector
+    int bad_in_row;         // consecutive non-finite steps
 } TrainState;
 
 // A named blob in a state file; a loader asks for each by name, so later sections (Muon momentum, spike
@@ -40,7 +43,10 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
 int checkpoint_latest(const char* dir);
 // Loads step `step`; any mismatch with the running configuration is fatal with the file named.
 void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank);
-// Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all).
+// Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all). A checkpoint with a
+// keep marker (DIR/KEEP_S, written for the checkpoint before a loss spike) is never removed.
 void checkpoint_prune(const char* dir, int keep);
+// Marks checkpoint `step` to survive pruning (the replay of a spike starts there).
+void checkpoint_protect(const char* dir, int step);
 // Removes every complete checkpoint in dir (--overwrite).
 void checkpoint_remove_all(const char* dir);

@@ -1,0 +1,20 @@
+// train/spikes.h: loss-spike detection. z-scores of the loss and the gradient norm against a rolling window of
+// the previous steps (llm.c's outlier detector); the window lives in the checkpoint, so a resumed or replayed
+// run makes the same decisions.
+#pragma once
+
+#define SPIKE_MAX_WINDOW 1024
+#define SPIKE_MIN_VALUES 16  // no verdict until the window has this many values
+
+typedef struct {
+    int window;                        // values kept (<= SPIKE_MAX_WINDOW)
+    int count;                         // values in the window
+    int head;                          // next slot
+    double loss[SPIKE_MAX_WINDOW];     // ring buffers
+    double norm[SPIKE_MAX_WINDOW];
+} SpikeStats;
+
+void spikes_init(SpikeStats* s, int window);
+// z = (x - mean) / std of the window (sample std); NaN while the window holds fewer than SPIKE_MIN_VALUES
+void spikes_z(const SpikeStats* s, double loss, double norm, double* z_loss, double* z_norm);
+void spikes_push(SpikeStats* s, double loss, double norm);
