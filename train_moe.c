@@ -125,7 +125,7 @@ static const FlagSpec flag_specs[] = {
     {"--overwrite", F_BOOL, &flags.overwrite, "start afresh in an --out that holds an earlier run (deletes it)"},
     {"--threads", F_INT, &flags.threads, "CPU threads per rank (default: all cores)"},
     {"--ep", F_INT, &flags.ep, "expert parallelism: ranks that split each layer's experts (divides ranks and 384)"},
-    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak per rank for MFU (default: measured sgemm on CPU)"},
+    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak per rank for MFU (default: measured sgemm on CPU, 989000 on a GPU)"},
     {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop (with a checkpoint) after this many non-finite steps in a row"},
     {"--spike-z", F_FLOAT, &flags.spike_z, "loss / grad-norm z-score that marks a spike (0 = no detection)"},
     {"--spike-window", F_INT, &flags.spike_window, "steps in the spike detector's rolling window (<= 1024)"},
@@ -432,7 +432,7 @@ int main(int argc, char** argv) {
     const Ops* ops = NULL;
     if (!strcmp(flags.device, "cuda")) {
         ops = ops_cuda_get();
-        if (!ops) fatal("flag --device cuda: this build has no CUDA backend yet (use --device cpu or auto)");
+        if (!ops) fatal("flag --device cuda: %s (use --device cpu or auto)", ops_cuda_unavailable_reason());
     } else if (!strcmp(flags.device, "auto")) {
         ops = ops_cuda_get();
         if (!ops) ops = &ops_cpu;
@@ -560,7 +560,9 @@ int main(int argc, char** argv) {
     sched.total = flags.steps;
     sched.decay_frac = flags.decay_frac;
     // the MFU denominator: every rank's measured sgemm rate (with its threads), summed over the ranks
-    double peak = flags.peak_gflops > 0 ? flags.peak_gflops : measure_sgemm_gflops();
+    // (on a GPU: the bf16 dense peak of an H100/H200 SXM, 989 TFLOP/s, unless --peak-gflops says otherwise)
+    int on_gpu = strcmp(ops->name, "cpu") != 0;
+    double peak = flags.peak_gflops > 0 ? flags.peak_gflops : on_gpu ? 989000.0 : measure_sgemm_gflops();
     comm_allreduce_sum_f64(&comm, GROUP_WORLD, &peak, 1);
     double flops_per_token = config_flops_per_token(&cfg, T);
 
@@ -602,7 +604,7 @@ int main(int argc, char** argv) {
            (unsigned long long)dataloader_total_tokens(&train), train.n_windows,
            have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
     printf("MFU peak: %.1f GFLOP/s (%s%s; OpenBLAS %s kernels)\n", peak,
-           flags.peak_gflops > 0 ? "--peak-gflops" : "measured 1024^3 sgemm, this machine",
+           flags.peak_gflops > 0 ? "--peak-gflops" : on_gpu ? "H100/H200 SXM bf16 dense peak per GPU" : "measured 1024^3 sgemm, this machine",
            world > 1 ? ", summed over the ranks" : "", openblas_get_corename());
     printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
     if (flags.replay) {
