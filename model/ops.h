@@ -119,7 +119,8 @@ typedef struct Ops {
                          float eps, float wd, float grad_scale, int step);
     // Muon: m = mu m + g * grad_scale, u = g * grad_scale + mu m (n elements)
     void (*muon_momentum)(float* m, float* u, const float* g, size_t n, float mu, float grad_scale);
-    // x (batch, rows, cols) <- Newton-Schulz orthogonalisation of each matrix (MODEL.md); coeffs (steps, 3)
+    // x (batch, rows, cols) <- Newton-Schulz orthogonalisation of each matrix (MODEL.md); coeffs (steps, 3) is
+    // host memory (the scalars of each iteration)
     void (*newton_schulz)(float* x, int batch, int rows, int cols, const float* coeffs, int steps);
     // p = p - lr (scale o + wd p); returns the sum over n of (scale o)^2
     double (*muon_update)(float* p, const float* o, size_t n, float lr, float scale, float wd);
@@ -129,6 +130,8 @@ typedef struct Ops {
 
 extern const Ops ops_cpu;
 const Ops* ops_cuda_get(void);  // NULL when the CUDA backend is not built in or no GPU is visible
+int ops_cuda_built(void);        // 1 when this binary has the CUDA backend (built with nvcc), else 0
+const char* ops_cuda_unavailable_reason(void);  // why ops_cuda_get() returned NULL (NULL when it did not)
 
 // Pointer to element `elems` of an activation buffer, whatever the backend's element size.
 static inline void* ops_at(const Ops* ops, const void* base, size_t elems) {
