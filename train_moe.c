@@ -302,6 +302,15 @@ static float validate(Model* m, Acts* acts, DataLoader* val, int B, int T, int b
     return used ? (float)dist_mean(m, sum / used) : NAN;
 }
 
+static void log_validation(Model* m, Acts* acts, DataLoader* val, int B, int T, int batches, int rank, int world, int step) {
+    float vl = validate(m, acts, val, B, T, batches, rank, world);
+    printf("step %d: val loss %.4f\n", step, vl);
+    fprintf(json_log, "{\"type\":\"val\",\"step\":%d", step);
+    json_num(json_log, "val_loss", vl);
+    fprintf(json_log, "}\n");
+    fflush(json_log);
+}
+
 // Samples n tokens after the document separator, multinomial at temperature 1, one forward per token.
 static void sample_text(Model* m, Acts* acts, const Tokenizer* tok, Rng* rng, int n, int step) {
     int T = acts->T;
@@ -622,9 +631,11 @@ int main(int argc, char** argv) {
             model.num_params_global, model.global_layout[P_EXPERT_W13].numel + model.global_layout[P_EXPERT_W2].numel);
     fprintf(json_log, "\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
-            "\"world\":%d,\"ep\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
+            "\"world\":%d,\"ep\":%d,\"grad_clip\":%g,\"warmup\":%d,\"weight_decay\":%g,\"min_lr_frac\":%g,\"spike_z\":%g,"
+            "\"spike_window\":%d,\"skip_spikes\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
             model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
-            grad_accum, world, flags.ep, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
+            grad_accum, world, flags.ep, flags.grad_clip, flags.warmup, flags.weight_decay, flags.min_lr_frac, flags.spike_z,
+            flags.spike_window, flags.skip_spikes, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
     fflush(json_log);
 
     // --- training loop
@@ -642,14 +653,8 @@ int main(int argc, char** argv) {
     int end_step = flags.replay ? replay_to : flags.steps;
     for (int step = st.step; step < end_step; step++) {
         int last = step == flags.steps - 1;
-        if (!flags.replay && have_val && flags.val_every && (step % flags.val_every == 0 || last)) {
-            float vl = validate(&model, &acts, &val, B, T, flags.val_batches, rank, world);
-            printf("step %d: val loss %.4f\n", step, vl);
-            fprintf(json_log, "{\"type\":\"val\",\"step\":%d", step);
-            json_num(json_log, "val_loss", vl);
-            fprintf(json_log, "}\n");
-            fflush(json_log);
-        }
+        if (!flags.replay && have_val && flags.val_every && step % flags.val_every == 0)
+            log_validation(&model, &acts, &val, B, T, flags.val_batches, rank, world, step);
         if (!flags.replay && flags.sample_every && step > 0 && step % flags.sample_every == 0)
             sample_text(&model, &sample_acts, &tok, &st.sample_rng, flags.sample_tokens, step);
 
@@ -846,6 +851,10 @@ int main(int argc, char** argv) {
             printf("checkpoint: %s step %d\n", out_dir, st.step);
         }
     }
+
+    // the final weights' validation loss (step = steps: after the last update)
+    if (!flags.replay && have_val && flags.val_every && st.step == flags.steps && end_step > 0)
+        log_validation(&model, &acts, &val, B, T, flags.val_batches, rank, world, flags.steps);
 
     free(clipped);
     free(params_before);

@@ -35,6 +35,9 @@ run() {  # run NAME CMD...: runs the command, shows its output, adds up its summ
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck
 
+# the CUDA ops vs their CPU twins (SKIP without a GPU or without the CUDA backend)
+run cuda ./build/tests/test_cuda
+
 # Muon's Newton-Schulz (spectrum, singular vectors, batching) and QK-Clip
 run muon ./build/tests/test_muon
 
@@ -66,6 +69,9 @@ run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 
 # the loss-spike lab: detection, skip, replay, NaN policy
 run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
+
+# the run plots and the QK-Clip ablation command
+run "plots" bash tests/test_plots.sh "$TMP/plots"
 
 # several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
 run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
