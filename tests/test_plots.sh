@@ -131,7 +131,7 @@ errs = []
 if r.steps != list(range(1, 7)): errs.append(f"steps {r.steps}")
 if r.tau() != 0.01: errs.append(f"tau {r.tau()}")
 if len(cx) == 0: errs.append("no clip events parsed (tau 0.01 should clip every step)")
-if list(vx) != [0, 3, 5]: errs.append(f"val steps {list(vx)}")
+if list(vx) != [0, 3, 6]: errs.append(f"val steps {list(vx)} (0, 3, and 6 after the last update)")
 if r.n_layers() != 2 or r.n_heads() != 2: errs.append(f"L={r.n_layers()} H={r.n_heads()}")
 print("; ".join(errs) if errs else f"{len(cx)} clip steps, {int(ch.sum())} head clips, val at {[int(v) for v in vx]}")
 sys.exit(1 if errs else 0)
