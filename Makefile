@@ -1,5 +1,6 @@
 # train_moe: `make` builds the trainer, `make train` prepares the default data and trains k2-nano,
-# `make test` runs every test, `make data` prepares the default corpus, `make clean` removes build outputs.
+# `make test` runs every test, `make test-cuda` builds and runs the CUDA op tests (they SKIP without a GPU),
+# `make data` prepares the default corpus, `make clean` removes build outputs.
 
 # MPI: with Debian's OpenMPI (mpicc) the binary runs under mpirun; without it (or with `make MPI=0`),
 # single-process only
@@ -18,25 +19,56 @@ LDLIBS = -lm
 
 # OpenBLAS: prefer Debian's OpenMP build, whose sgemm runs single-threaded when called inside our own parallel
 # regions (the per-expert and per-head loops) instead of oversubscribing the cores.
-OPENBLAS_OMP := /usr/lib/x86_64-linux-gnu/openblas-openmp
+# (OPENBLAS_OMP / OPENBLAS_INC may point at an unpacked copy where the system has none, e.g. dev/cuda/check.sh)
+OPENBLAS_OMP ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+OPENBLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
 ifneq ($(wildcard $(OPENBLAS_OMP)/libopenblas.so),)
   BLAS_LIBS = -L$(OPENBLAS_OMP) -Wl,-rpath,$(OPENBLAS_OMP) -lopenblas
 else
   BLAS_LIBS = -lopenblas
 endif
-CFLAGS += -I/usr/include/x86_64-linux-gnu/openblas-openmp
+CFLAGS += -I$(OPENBLAS_INC)
 LDLIBS += $(BLAS_LIBS)
+
+# CUDA: when nvcc is found (on the PATH or at /usr/local/cuda/bin/nvcc) the CUDA backend (model/cuda/*.cu) is built
+# in and --device cuda/auto can use a GPU; without it (or with `make CUDA=0`) the build is CPU-only and
+# model/ops_select.c stands in for the backend's entry points. Building needs no GPU, only the toolkit.
+CUDA ?= 1
+NVCC :=
+ifeq ($(CUDA),1)
+  NVCC := $(shell command -v nvcc 2> /dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+endif
+ifneq ($(NVCC),)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  # sm_90 machine code for Hopper (H100/H200), plus compute_80 PTX that the driver compiles for any other GPU of
+  # compute capability >= 8.0. No --use_fast_math: softmax and norm statistics use the accurate expf/logf/sqrtf.
+  NVCC_FLAGS ?= -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80 \
+                -Xcompiler -Wall
+  CUDA_SRC = $(wildcard model/cuda/*.cu)
+  CUDA_OBJ = $(CUDA_SRC:%.cu=build/%.o)
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
+  SELECT_SRC =
+else
+  CUDA_OBJ =
+  CUDA_LIBS =
+  SELECT_SRC = model/ops_select.c
+endif
 
 CORE_SRC = common.c model/config.c model/params.c model/model.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
-           model/ops_select.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
+           $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c comm/comm.c
-CORE_OBJ = $(CORE_SRC:%.c=build/%.o)
-HEADERS = $(wildcard *.h model/*.h model/cpu/*.h optim/*.h data/*.h train/*.h comm/*.h)
+CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
+HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)
+CUDA_HEADERS = $(HEADERS) $(wildcard model/cuda/*.cuh)
+LDLIBS += $(CUDA_LIBS)
 
-TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon
+# the CUDA op tests: the dense/optimizer ones, and the attention/MoE ones when their file is there
+CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe
 
-.PHONY: all test data train clean
+TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon $(CUDA_TEST_BINS)
+
+.PHONY: all test test-cuda data train clean
 all: train_moe
 
 # the Debian packages the build needs (installed when run as root, else the exact apt-get line is printed)
@@ -46,7 +78,7 @@ build/.deps-build: scripts/deps.sh
 	@touch $@
 
 # objects are rebuilt when the compiler or flags change (e.g. mpicc appearing after `make test` installed it)
-BUILD_FLAGS := $(CC) $(CFLAGS)
+BUILD_FLAGS := $(CC) $(CFLAGS) | $(NVCC) $(NVCC_FLAGS)
 build/.flags: FORCE
 	@mkdir -p build
 	@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@
@@ -56,6 +88,10 @@ FORCE:
 build/%.o: %.c $(HEADERS) build/.flags | build/.deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+build/model/cuda/%.o: model/cuda/%.cu $(CUDA_HEADERS) build/.flags | build/.deps-build
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 train_moe: build/train_moe.o $(CORE_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -74,6 +110,12 @@ test:
 	bash scripts/deps.sh test
 	$(MAKE) train_moe $(TEST_BINS)
 	bash tests/run_tests.sh
+
+# builds and runs the CUDA op tests (each compares the CUDA ops with their CPU twins; without a GPU, or in a
+# CPU-only build, they print SKIP lines and pass)
+test-cuda:
+	$(MAKE) $(CUDA_TEST_BINS)
+	@rc=0; for t in $(CUDA_TEST_BINS); do echo "==== $$t"; ./$$t || rc=1; done; exit $$rc
 
 clean:
 	rm -rf build train_moe

@@ -37,6 +37,14 @@ run gradcheck ./build/tests/test_gradcheck
 
 # the CUDA ops vs their CPU twins (SKIP without a GPU or without the CUDA backend)
 run cuda ./build/tests/test_cuda
+run "cuda attention+moe" ./build/tests/test_cuda_attn_moe
+# the attention and MoE kernels' own code, run on the CPU by an emulator (one thread per CUDA thread, host cuBLAS)
+# against their CPU twins: checks the kernels' logic where no GPU is present
+if command -v g++ > /dev/null; then
+    run "cuda attention+moe kernels, CPU emulation" bash dev/cuda/emu/run.sh
+else
+    echo "SKIP cuda emulation: g++ is not installed"; skipped=$((skipped + 1))
+fi
 
 # Muon's Newton-Schulz (spectrum, singular vectors, batching) and QK-Clip
 run muon ./build/tests/test_muon
