@@ -48,16 +48,36 @@ ifneq ($(NVCC),)
   CUDA_OBJ = $(CUDA_SRC:%.cu=build/%.o)
   CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
   SELECT_SRC =
+  # the collectives on GPU buffers (comm/comm_cuda.c, C on the CUDA runtime's C API): over NCCL when nccl.h and
+  # libnccl are found (in the toolkit or the system; `make NCCL=0` leaves it out), else staged through host memory
+  COMM_SRC = comm/comm_cuda.c
+  COMM_FLAGS = -DCOMM_CUDA
+  NCCL ?= 1
+  ifeq ($(NCCL),1)
+    NCCL_H := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h /usr/local/include/nccl.h))
+    NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so \
+                  /usr/local/lib/libnccl.so))
+    ifneq ($(and $(NCCL_H),$(NCCL_LIB)),)
+      COMM_FLAGS += -DUSE_NCCL
+      COMM_INC = $(filter-out -I$(CUDA_HOME)/include,-I$(patsubst %/,%,$(dir $(NCCL_H))))
+      CUDA_LIBS += -L$(patsubst %/,%,$(dir $(NCCL_LIB))) -Wl,-rpath,$(patsubst %/,%,$(dir $(NCCL_LIB))) -lnccl
+    endif
+  endif
 else
   CUDA_OBJ =
   CUDA_LIBS =
   SELECT_SRC = model/ops_select.c
+  COMM_SRC =
+  COMM_FLAGS =
 endif
+CFLAGS += $(COMM_FLAGS)
+# comm_cuda.c alone sees the toolkit's (and NCCL's) headers
+build/comm/comm_cuda.o: CFLAGS += -I$(CUDA_HOME)/include $(COMM_INC)
 
 CORE_SRC = common.c model/config.c model/params.c model/model.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
-           data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c comm/comm.c
+           data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c comm/comm.c $(COMM_SRC)
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)
 CUDA_HEADERS = $(HEADERS) $(wildcard model/cuda/*.cuh)

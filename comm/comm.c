@@ -1,6 +1,9 @@
 // comm/comm.c: see comm.h.
 #include "comm.h"
 #include "../common.h"
+#ifdef COMM_CUDA
+#include "comm_cuda.h"
+#endif
 #include <limits.h>
 #ifdef USE_MPI
 #include <mpi.h>
@@ -77,7 +80,40 @@ void comm_set_ep(Comm* c, int ep, int n_experts) {
 #endif
 }
 
+void comm_set_device(Comm* c, int device_buffers) {
+    device_buffers = device_buffers != 0;
+    if (c->mpi && c->world > 1) {
+        // every rank the same: a CPU rank among GPU ranks (--device auto where some see no GPU) would exchange fp32
+        // rows with bf16 ones, and NCCL's set-up would wait for it forever
+        double saved = c->bytes_allreduce;
+        int64_t on_gpu = device_buffers;
+        comm_allreduce_sum_i64(c, GROUP_WORLD, &on_gpu, 1);
+        c->bytes_allreduce = saved;
+        if (on_gpu != 0 && on_gpu != c->world)
+            fatal("%lld of %d ranks run on a GPU and the others on the CPU: every rank needs the same device "
+                  "(--device cpu, or one GPU per rank)", (long long)on_gpu, c->world);
+    }
+    c->device = device_buffers;
+    if (!device_buffers) return;
+#ifdef COMM_CUDA
+    commcuda_init(c);
+#else
+    fatal("comm: device buffers, but this binary was built without the CUDA backend");
+#endif
+}
+
+const char* comm_device_path(const Comm* c) {
+#ifdef COMM_CUDA
+    if (c->device) return commcuda_path(c);
+#endif
+    (void)c;
+    return "host";
+}
+
 void comm_finalize(Comm* c) {
+#ifdef COMM_CUDA
+    if (c->dev) commcuda_finalize(c);  // before MPI goes (NCCL's set-up used it); every rank gets here
+#endif
 #ifdef USE_MPI
     if (c->mpi) {
         MPI_Barrier(MPI_COMM_WORLD);
@@ -221,4 +257,51 @@ void comm_barrier(Comm* c) {
 #else
     (void)c;
 #endif
+}
+
+// ---- the model's buffers: host memory -> the comm_* calls above; device memory -> comm_cuda.c
+
+void comm_dev_allreduce_sum_f32(Comm* c, CommGroup g, float* buf, size_t n) {
+#ifdef COMM_CUDA
+    if (c->device) { commcuda_allreduce_f32(c, g, buf, n, 0); return; }
+#endif
+    comm_allreduce_sum_f32(c, g, buf, n);
+}
+
+void comm_dev_allreduce_max_f32(Comm* c, CommGroup g, float* buf, size_t n) {
+#ifdef COMM_CUDA
+    if (c->device) { commcuda_allreduce_f32(c, g, buf, n, 1); return; }
+#endif
+    comm_allreduce_max_f32(c, g, buf, n);
+}
+
+void comm_dev_alltoallv_bytes(Comm* c, CommGroup g, const void* send, const size_t* scounts, const size_t* sdispls,
+                              void* recv, const size_t* rcounts, const size_t* rdispls) {
+#ifdef COMM_CUDA
+    if (c->device) { commcuda_alltoallv(c, g, send, scounts, sdispls, recv, rcounts, rdispls); return; }
+#endif
+    comm_alltoallv_bytes(c, g, send, scounts, sdispls, recv, rcounts, rdispls);
+}
+
+int comm_dev_direct(const Comm* c) {
+#ifdef COMM_CUDA
+    if (c->device) return commcuda_direct(c);
+#endif
+    (void)c;
+    return 0;
+}
+
+void comm_dev_broadcast_pieces(Comm* c, CommGroup g, void* buf, int n, const size_t* offs, const size_t* bytes,
+                               const int* roots) {
+#ifdef COMM_CUDA
+    if (c->device) { commcuda_broadcast_pieces(c, g, buf, n, offs, bytes, roots); return; }
+#endif
+    int p = comm_group_size(c, g), me = comm_group_rank(c, g);
+    if (p == 1 || !c->mpi) return;
+    double mine = 0;
+    for (int i = 0; i < n; i++) {
+        if (bytes[i]) comm_broadcast_bytes(c, g, (char*)buf + offs[i], bytes[i], roots[i]);
+        if (roots[i] == me) mine += (double)bytes[i];
+    }
+    c->bytes_allgather += mine * (p - 1);
 }

@@ -333,7 +333,7 @@ static void ep_exchange(Model* m, LayerActs* la, const void* send, void* recv, i
         sc[j] = out * row; sd[j] = so; so += sc[j];
         rc[j] = in * row; rd[j] = ro; ro += rc[j];
     }
-    comm_alltoallv_bytes(m->comm, GROUP_EP, send, sc, sd, recv, rc, rd);
+    comm_dev_alltoallv_bytes(m->comm, GROUP_EP, send, sc, sd, recv, rc, rd);  // backend memory: host or GPU
 }
 
 // ----------------------------------------------------------------------------

@@ -125,12 +125,31 @@ void optimizer_free(Optimizer* opt, const Model* model) {
 // in muon.c: one Muon update of a unit; returns the sum of squares of its scaled orthogonalised update
 double muon_update_unit(Optimizer* opt, Model* model, const OptUnit* u, float lr, float grad_scale);
 
-// Every member of the group gets every other member's updated units of the group's tensors: pack mine, gather,
-// unpack theirs (weights are fp32 master values; on a GPU this will be the bf16 copy over NCCL).
+// Every member of the group gets every other member's updated units of the group's tensors (fp32 master values).
+// On NCCL, in place on the GPU: each unit is broadcast from its owner. Otherwise through host memory: pack mine,
+// gather, unpack theirs (ops->to_host / to_device copy device memory on the CUDA backend).
 static void gather_updates(Optimizer* opt, Model* model, CommGroup g) {
     Comm* c = opt->comm;
     int P = comm_group_size(c, g), me = comm_group_rank(c, g);
     if (P == 1) return;
+    if (comm_dev_direct(c)) {
+        size_t* offs = xmalloc((opt->n_units + 1) * sizeof(size_t));
+        size_t* bytes = xmalloc((opt->n_units + 1) * sizeof(size_t));
+        int* roots = xmalloc((opt->n_units + 1) * sizeof(int));
+        int n = 0;
+        for (int k = 0; k < opt->n_units; k++) {
+            const OptUnit* u = &opt->units[k];
+            if (tensor_group(u->tensor) != g) continue;
+            offs[n] = u->begin * sizeof(float);
+            bytes[n] = (u->end - u->begin) * sizeof(float);
+            roots[n++] = u->owner;
+        }
+        comm_dev_broadcast_pieces(c, g, model->params, n, offs, bytes, roots);
+        free(offs);
+        free(bytes);
+        free(roots);
+        return;
+    }
     size_t* counts = xcalloc(P, sizeof(size_t));
     size_t* displs = xcalloc(P, sizeof(size_t));
     for (int k = 0; k < opt->n_units; k++) {

@@ -150,6 +150,8 @@ static const char* unavailable_reason = "not checked yet";
 
 extern "C" int ops_cuda_built(void) { return 1; }
 
+extern "C" void* cuda_stream_handle(void) { return (void*)cuda_stream; }
+
 extern "C" const char* ops_cuda_unavailable_reason(void) { return unavailable_reason; }
 
 extern "C" const Ops* ops_cuda_get(void) {

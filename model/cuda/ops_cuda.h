@@ -9,6 +9,10 @@
 extern "C" {
 #endif
 
+// the stream every op of the backend runs on (a cudaStream_t; NULL until ops_cuda_get() found a GPU), for
+// comm/comm_cuda.c's NCCL calls and copies
+void* cuda_stream_handle(void);
+
 // ---- dense layers (dense.cu)
 void cuda_embedding_forward(void* out, const int* tokens, const void* wte, int N, int d);
 void cuda_embedding_backward(float* dwte, const void* dout, const int* tokens, int N, int d);
