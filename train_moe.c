@@ -594,6 +594,13 @@ int main(int argc, char** argv) {
         if (world > 1)
             printf("optimizer state per rank: %.1f%% to %.1f%% of the whole (1/%d = %.1f%%)\n", 100.0 * -range[1] / total_state,
                    100.0 * range[0] / total_state, world, 100.0 / world);
+        // activations grow with the micro-batch; what is left says how far it could grow (90% of the free memory)
+        size_t free_mem = 0, total_mem = 0;
+        ops->mem_info(&free_mem, &total_mem);
+        double per_seq = (double)acts.bytes / B;
+        long fits = B + (long)(0.9 * free_mem / per_seq);
+        printf("%s memory: %.1f GB free of %.1f GB; activations %.1f MB per sequence: the largest micro-batch that fits "
+               "is about %ld x %d\n", on_gpu ? "device" : "host", free_mem / 1e9, total_mem / 1e9, per_seq / 1e6, fits, T);
     }
     printf("optimizer %s lr %g (%s, warmup %d, min %g) wd %g clip %g; balance alpha %g, bias gamma %g; QK-Clip tau %g\n",
            flags.optim, flags.lr, flags.schedule, flags.warmup, sched.min_lr, flags.weight_decay, flags.grad_clip,

@@ -29,6 +29,8 @@ typedef struct Ops {
     // n activation elements -> fp32 host values
     void (*act_to_host_f32)(float* host, const void* src, size_t n);
     void (*sync)(void);
+    // memory the backend can still allocate, and its total (host RAM on the CPU, device memory on a GPU)
+    void (*mem_info)(size_t* free_bytes, size_t* total_bytes);
     // fp32 master -> compute copy (only called when separate_compute_weights)
     void (*weights_to_compute)(void* compute, const float* master, size_t n);
 

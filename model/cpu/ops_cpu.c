@@ -1,6 +1,7 @@
 // model/cpu/ops_cpu.c: the CPU backend's op table. Memory is ordinary host memory; the compute copy of the
 // weights is the fp32 master itself.
 #include "cpu.h"
+#include <unistd.h>
 
 static void* cpu_malloc(size_t bytes) {
     // 64-byte aligned for the vector units; zero-filled as the interface promises
@@ -13,6 +14,11 @@ static void cpu_free(void* p) { free(p); }
 static void cpu_zero(void* p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void* dst, const void* src, size_t bytes) { if (dst != src) memcpy(dst, src, bytes); }
 static void cpu_sync(void) {}
+static void cpu_mem_info(size_t* free_bytes, size_t* total_bytes) {
+    long page = sysconf(_SC_PAGESIZE);
+    *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * page;
+    *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * page;
+}
 static void cpu_act_to_host_f32(float* host, const void* src, size_t n) { cpu_copy(host, src, n * sizeof(float)); }
 static void cpu_weights_to_compute(void* compute, const float* master, size_t n) { cpu_copy(compute, master, n * 4); }
 
@@ -27,6 +33,7 @@ const Ops ops_cpu = {
     .to_device = cpu_copy,
     .act_to_host_f32 = cpu_act_to_host_f32,
     .sync = cpu_sync,
+    .mem_info = cpu_mem_info,
     .weights_to_compute = cpu_weights_to_compute,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,

@@ -55,6 +55,7 @@ static void cuda_to_device(void* dst, const void* host, size_t bytes) {
 }
 
 static void cuda_sync(void) { cudaCheck(cudaStreamSynchronize(cuda_stream)); }
+static void cuda_mem_info(size_t* free_bytes, size_t* total_bytes) { cudaCheck(cudaMemGetInfo(free_bytes, total_bytes)); }
 
 // ----------------------------------------------------------------------------
 // conversions
@@ -98,6 +99,7 @@ static const Ops ops_cuda_table = {
     .to_device = cuda_to_device,
     .act_to_host_f32 = cuda_act_to_host_f32,
     .sync = cuda_sync,
+    .mem_info = cuda_mem_info,
     .weights_to_compute = cuda_weights_to_compute,
     .embedding_forward = cuda_embedding_forward,
     .embedding_backward = cuda_embedding_backward,
