@@ -78,6 +78,9 @@ run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 # the loss-spike lab: detection, skip, replay, NaN policy
 run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
 
+# the Adam-vs-Muon scaling sweep end to end on a 2-size, few-step ladder; the power-law fit
+run "scaling sweep" bash tests/test_sweep.sh "$TMP/sweep"
+
 # the run plots and the QK-Clip ablation command
 run "plots" bash tests/test_plots.sh "$TMP/plots"
 
