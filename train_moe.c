@@ -60,6 +60,7 @@ typedef struct {
     const char* replay;       // "S0:S1": re-run steps S0+1..S1 from checkpoint S0 with full telemetry
     int inject_nan;           // testing: step whose gradients are made NaN
     int inject_spike;         // testing: step whose targets are replaced by random tokens
+    int profile;              // per-op time breakdown
     int list_models;
     int help;
 } Flags;
@@ -131,6 +132,7 @@ static const FlagSpec flag_specs[] = {
     {"--spike-window", F_INT, &flags.spike_window, "steps in the spike detector's rolling window (<= 1024)"},
     {"--skip-spikes", F_BOOL, &flags.skip_spikes, "skip the update of a spike step (its values stay out of the window)"},
     {"--replay", F_STR, &flags.replay, "S0:S1: re-run steps S0+1..S1 of the run in --out from its checkpoint S0 (0: from the start) with full telemetry, into replay_S0_S1.jsonl; same flags as the run"},
+    {"--profile", F_BOOL, &flags.profile, "time attention, expert GEMMs, routing, Newton-Schulz and the rest every step"},
     {"--inject-nan", F_INT, &flags.inject_nan, "testing: make step N's gradients NaN"},
     {"--inject-spike", F_INT, &flags.inject_spike, "testing: give step N random targets (a loss spike)"},
     {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
@@ -521,6 +523,7 @@ int main(int argc, char** argv) {
     Model model;
     model_init(&model, &cfg, ops, &comm, NULL, (uint64_t)flags.seed);
     model.balance_alpha = flags.balance_alpha;
+    model.profile = flags.profile;
     OptimConfig ocfg = {!strcmp(flags.optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, flags.beta1, flags.beta2,
                         flags.adam_eps, flags.weight_decay, flags.muon_momentum, flags.ns, flags.muon_router};
     Optimizer opt;
@@ -657,6 +660,7 @@ int main(int argc, char** argv) {
     int* clipped = xmalloc((size_t)L * H * sizeof(int));
     float* params_before = flags.replay ? xmalloc(model.num_params * sizeof(float)) : NULL;
     double time_sum = 0.0;
+    double prof_total[PROF_N + 2] = {0};  // model categories, Newton-Schulz, rest of the optimizer
     int time_count = 0;
     int end_step = flags.replay ? replay_to : flags.steps;
     for (int step = st.step; step < end_step; step++) {
@@ -668,6 +672,7 @@ int main(int argc, char** argv) {
 
         double t0 = wall_seconds();
         comm_reset_bytes(&comm);
+        model_profile_reset(&model);
         model_zero_grad(&model);
         model_zero_step_stats(&model);
         double ce = 0.0, aux = 0.0;
@@ -744,7 +749,20 @@ int main(int argc, char** argv) {
                    step + 1, loss, z_loss, norm, z_norm, skip_update ? ", update skipped" : "", from, step + 1);
             fprintf(json_log, "{\"type\":\"spike\",\"step\":%d", step + 1);
             json_num(json_log, "loss", loss);
-            json_num(json_log, "loss_z", z_loss);
+            if (flags.profile) {
+            double p[PROF_N + 2];
+            for (int i = 0; i < PROF_N; i++) p[i] = model.prof_seconds[i];
+            p[PROF_N] = skip_update ? 0.0 : opt.ns_seconds;
+            p[PROF_N + 1] = skip_update ? 0.0 : opt.seconds - opt.ns_seconds;
+            fprintf(json_log, ",\"prof_ms\":{");
+            for (int i = 0; i < PROF_N + 2; i++) {
+                fprintf(json_log, "%s\"%s\":%.3f", i ? "," : "",
+                        i < PROF_N ? prof_names[i] : i == PROF_N ? "newton_schulz" : "optimizer_other", 1e3 * p[i]);
+                prof_total[i] += p[i];
+            }
+            fprintf(json_log, "}");
+        }
+        json_num(json_log, "loss_z", z_loss);
             json_num(json_log, "grad_norm", norm);
             json_num(json_log, "norm_z", z_norm);
             fprintf(json_log, ",\"action\":\"%s\",\"replay_from\":%d}\n", skip_update ? "skipped" : "logged", from);
@@ -799,6 +817,19 @@ int main(int argc, char** argv) {
         if (ocfg.kind == OPTIM_MUON) {
             json_num(json_log, "muon_update_rms", opt.muon_update_rms);
             json_num(json_log, "ns_gflop", opt.ns_flops / 1e9);
+        }
+        if (flags.profile) {
+            double p[PROF_N + 2];
+            for (int i = 0; i < PROF_N; i++) p[i] = model.prof_seconds[i];
+            p[PROF_N] = skip_update ? 0.0 : opt.ns_seconds;
+            p[PROF_N + 1] = skip_update ? 0.0 : opt.seconds - opt.ns_seconds;
+            fprintf(json_log, ",\"prof_ms\":{");
+            for (int i = 0; i < PROF_N + 2; i++) {
+                fprintf(json_log, "%s\"%s\":%.3f", i ? "," : "",
+                        i < PROF_N ? prof_names[i] : i == PROF_N ? "newton_schulz" : "optimizer_other", 1e3 * p[i]);
+                prof_total[i] += p[i];
+            }
+            fprintf(json_log, "}");
         }
         json_num(json_log, "loss_z", z_loss);
         json_num(json_log, "norm_z", z_norm);
@@ -860,6 +891,12 @@ int main(int argc, char** argv) {
         }
     }
 
+    if (flags.profile && time_count > 0) {
+        printf("time per step, mean over %d steps (%.1f ms):\n", time_count, 1e3 * time_sum / time_count);
+        for (int i = 0; i < PROF_N + 2; i++)
+            printf("  %-16s %8.2f ms  %5.1f%%\n", i < PROF_N ? prof_names[i] : i == PROF_N ? "newton_schulz" : "optimizer_other",
+                   1e3 * prof_total[i] / time_count, 100.0 * prof_total[i] / time_sum);
+    }
     // the final weights' validation loss (step = steps: after the last update)
     if (!flags.replay && have_val && flags.val_every && st.step == flags.steps && end_step > 0)
         log_validation(&model, &acts, &val, B, T, flags.val_batches, rank, world, flags.steps);

@@ -75,6 +75,7 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     m->expert_load = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
     m->maxlogit = ops->malloc((size_t)cfg->n_layers * cfg->n_heads * sizeof(float));
     m->aux_acc = ops->malloc(sizeof(float));
+    m->prof_cat = PROF_NONE;
     model_zero_step_stats(m);
 }
 
@@ -337,6 +338,25 @@ static void ep_exchange(Model* m, LayerActs* la, const void* send, void* recv, i
 }
 
 // ----------------------------------------------------------------------------
+// profiling: each mark closes the running category's interval and opens the next
+
+const char* const prof_names[PROF_N] = {"attention", "expert_gemms", "routing", "other"};
+
+static void prof(Model* m, int cat) {
+    if (!m->profile) return;
+    m->ops->sync();
+    double t = wall_seconds();
+    if (m->prof_cat != PROF_NONE) m->prof_seconds[m->prof_cat] += t - m->prof_t0;
+    m->prof_t0 = t;
+    m->prof_cat = cat;
+}
+
+void model_profile_reset(Model* m) {
+    memset(m->prof_seconds, 0, sizeof(m->prof_seconds));
+    m->prof_cat = PROF_NONE;
+}
+
+// ----------------------------------------------------------------------------
 // forward
 
 void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int B, int T) {
@@ -354,6 +374,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     if (targets) ops->to_device(a->targets, targets, (size_t)N * sizeof(int));
     ops->zero(m->aux_acc, sizeof(float));
 
+    prof(m, PROF_OTHER);
     ops->embedding_forward(a->layers[0].x_in, a->tokens, tensor_item(m, m->weights, ops->act_bytes, P_WTE, 0), N, d);
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights* w = &m->lw[l];
@@ -370,8 +391,10 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         ops->rope(la->a, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 0);
         ops->rmsnorm_forward(la->ckv, la->rstd_kv, la->a, akv, w->kv_norm, N, kvl, c->norm_eps);
         ops->matmul_forward(la->kv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
+        prof(m, PROF_ATTENTION);
         ops->attention_forward(la->att, la->lse, m->maxlogit + (size_t)l * H, la->q, la->kv, la->a,
                                B, T, H, nope, rope, dv, kvl);
+        prof(m, PROF_OTHER);
         ops->matmul_forward(la->x_mid, la->att, w->wo, N, H * dv, d);  // the projection, then the residual add
         ops->add_inplace(la->x_mid, la->x_in, (size_t)N * d);
 
@@ -385,6 +408,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         if (moe) {
             int mi = l - c->n_dense_layers, f = c->moe_hidden;
             float* bias = m->router_bias + (size_t)mi * E;
+            prof(m, PROF_ROUTING);
             ops->moe_router_forward(la->scores, la->sel, la->gates, la->h2, w->router, bias, N, d, E, K, c->routed_scale);
             if (targets) ops->moe_balance_loss(m->aux_acc, la->scores, la->sel, B, T, E, K, m->balance_alpha);
             ops->moe_dispatch(la->offsets, la->row_of, la->token_of, m->expert_load + (size_t)mi * E, la->sel, N, K, E);
@@ -394,15 +418,20 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
                 ep_plan(m, a, la);
                 ep_exchange(m, la, la->xe, a->ep_buf, d, 1);
                 ops->moe_gather(la->xl, a->ep_buf, la->ep_perm, la->ep_rows, d);
+                prof(m, PROF_EXPERTS);
                 ops->moe_experts_forward(a->ep_buf2, la->e_h13, la->e_hact, la->xl, w->expert_w13, w->expert_w2,
                                          la->ep_offsets, El, d, f);
+                prof(m, PROF_ROUTING);
                 ops->moe_gather(a->ep_buf, a->ep_buf2, la->ep_inv, la->ep_rows, d);
                 ep_exchange(m, la, a->ep_buf, la->ye, d, 0);
             } else {
+                prof(m, PROF_EXPERTS);
                 ops->moe_experts_forward(la->ye, la->e_h13, la->e_hact, la->xe, w->expert_w13, w->expert_w2,
                                          la->offsets, E, d, f);
+                prof(m, PROF_ROUTING);
             }
             ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, N, K, d);
+            prof(m, PROF_OTHER);
         }
         ops->add(x_out, la->x_mid, la->ffn_out, (size_t)N * d);
     }
@@ -420,6 +449,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         m->ce_loss = (float)(sum / N);
         ops->to_host(&m->aux_loss, m->aux_acc, sizeof(float));
     }
+    prof(m, PROF_NONE);
 }
 
 // ----------------------------------------------------------------------------
@@ -438,6 +468,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
     size_t ab = ops->act_bytes;
 
     // loss = mean over rows of cross-entropy: each row's dloss is loss_scale / N
+    prof(m, PROF_OTHER);
     ops->crossentropy_backward(a->logits, a->logits, a->targets, loss_scale / N, N, V);
     ops->matmul_backward(g->dn, 0, tensor_item(m, m->grads, sizeof(float), P_LM_HEAD, 0), a->logits, a->xf,
                          tensor_item(m, m->weights, ab, P_LM_HEAD, 0), N, d, V);
@@ -457,30 +488,38 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         ops->matmul_backward(g->dn, 0, wg->w13, g->dh13, la->h2, w->w13, N, d, 2 * fw);
         if (moe) {
             int f = c->moe_hidden;
+            prof(m, PROF_ROUTING);
             ops->moe_combine_backward(g->dye, g->dgates, g->dx, la->ye, la->gates, la->row_of, N, K, d);
             if (ep > 1) {
                 // the mirror of the forward: output gradients to the owners, input gradients back
                 ep_exchange(m, la, g->dye, a->ep_buf, d, 1);
                 ops->moe_gather(g->dyl, a->ep_buf, la->ep_perm, la->ep_rows, d);
+                prof(m, PROF_EXPERTS);
                 ops->moe_experts_backward(g->dxl, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dyl,
                                           la->xl, la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->ep_offsets,
                                           El, d, f);
+                prof(m, PROF_ROUTING);
                 ops->moe_gather(a->ep_buf, g->dxl, la->ep_inv, la->ep_rows, d);
                 ep_exchange(m, la, a->ep_buf, g->dxe, d, 0);
             } else {
+                prof(m, PROF_EXPERTS);
                 ops->moe_experts_backward(g->dxe, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dye, la->xe,
                                           la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->offsets, E, d, f);
+                prof(m, PROF_ROUTING);
             }
             ops->moe_gather_backward(g->dn, g->dxe, la->row_of, N, K, d);
             ops->moe_router_backward(g->dn, wg->router, g->dscores, g->dgates, la->scores, la->sel, la->h2, w->router,
                                      B, T, d, E, K, c->routed_scale, m->balance_alpha, loss_scale);
+            prof(m, PROF_OTHER);
         }
         ops->rmsnorm_backward(g->dx, d, 1, wg->ffn_norm, g->dn, la->x_mid, w->ffn_norm, la->rstd_h2, N, d);
 
         // --- attention. dx is now d loss / d x_mid.
         ops->matmul_backward(g->datt, 0, wg->wo, g->dx, la->att, w->wo, N, H * dv, d);
+        prof(m, PROF_ATTENTION);
         ops->attention_backward(g->dq, g->dkv, g->da, g->datt, la->q, la->kv, la->a, la->att, la->lse,
                                 B, T, H, nope, rope, dv, kvl);
+        prof(m, PROF_OTHER);
         ops->rope(g->dq, N, T, H, H * dqk, dqk, nope, rope, c->rope_theta, 1);
         ops->rope(g->da, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 1);
         ops->matmul_backward(g->dckv, 0, wg->wukv, g->dkv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
@@ -493,6 +532,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         ops->rmsnorm_backward(g->dx, d, 1, wg->attn_norm, g->dn, la->x_in, w->attn_norm, la->rstd_h, N, d);
     }
     ops->embedding_backward(tensor_item(m, m->grads, sizeof(float), P_WTE, 0), g->dx, a->tokens, N, d);
+    prof(m, PROF_NONE);
 }
 
 // ----------------------------------------------------------------------------

@@ -114,6 +114,10 @@ typedef struct {
     int cur_B, cur_T, has_targets;
 } Acts;
 
+// Where a step's time goes (--profile): the categories the forward/backward marks as it runs.
+enum { PROF_ATTENTION, PROF_EXPERTS, PROF_ROUTING, PROF_OTHER, PROF_N, PROF_NONE = PROF_N };
+extern const char* const prof_names[PROF_N];
+
 typedef struct {
     ModelConfig cfg;
     const Ops* ops;
@@ -139,6 +143,12 @@ typedef struct {
     // results of the last forward with targets
     float ce_loss;          // mean cross-entropy
     float aux_loss;         // balance loss summed over MoE layers
+    // --profile: seconds per category since the last model_profile_reset (the backend is synchronised at every
+    // boundary, so on a GPU the times are exact and the run a little slower)
+    int profile;
+    double prof_seconds[PROF_N];
+    int prof_cat;           // category being timed (PROF_NONE: none)
+    double prof_t0;
 } Model;
 
 // Builds the model on the given backend, on one process (comm NULL) or as this rank's part of comm's expert
@@ -160,6 +170,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
 void model_backward(Model* m, Acts* a, float loss_scale);
 
 void model_zero_grad(Model* m);
+void model_profile_reset(Model* m);
 void model_zero_step_stats(Model* m);
 // After an update of the fp32 master weights: refresh the compute copy (no-op on the CPU).
 void model_sync_weights(Model* m);

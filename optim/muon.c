@@ -40,7 +40,11 @@ double muon_update_unit(Optimizer* opt, Model* model, const OptUnit* u, float lr
     ops->muon_momentum(opt->muon_m + u->state_off, x, model->grads + u->begin, n, opt->cfg.mu, grad_scale);
     // the unit's matrices (a run of layers x experts x row blocks), each (rows, cols), orthogonalised in one call
     int rows = t->rows / t->row_blocks, cols = t->cols;
+    ops->sync();
+    double t0 = wall_seconds();
     ops->newton_schulz(x, u->mat1 - u->mat0, rows, cols, opt->ns_coeffs, opt->ns_steps);
+    ops->sync();
+    opt->ns_seconds += wall_seconds() - t0;
     // W -= lr (0.2 sqrt(max(A, B)) O + wd W): the 0.2 sqrt(max) gives the update AdamW's RMS, so lr and wd carry over
     float scale = 0.2f * sqrtf((float)(rows > cols ? rows : cols));
     return ops->muon_update(model->params + u->begin, x, n, lr, scale, opt->cfg.weight_decay);

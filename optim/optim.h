@@ -67,6 +67,7 @@ typedef struct {
     double muon_update_rms;  // RMS of 0.2 sqrt(max(A,B)) O over all Muon elements of all ranks (~0.2 full rank)
     double ns_flops;         // Newton-Schulz FLOPs of the last step, all ranks (overhead, not model FLOPs)
     double seconds;          // wall time of the last step (update + gather)
+    double ns_seconds;       // of which Newton-Schulz (the backend synchronised around it)
 } Optimizer;
 
 // Validates cfg (a bad ns_table is fatal, naming --ns), splits the work over model->comm's ranks and allocates

@@ -185,6 +185,7 @@ static void gather_updates(Optimizer* opt, Model* model, CommGroup g) {
 void optimizer_step(Optimizer* opt, Model* model, float lr, float grad_scale) {
     double t0 = wall_seconds();
     opt->t++;
+    opt->ns_seconds = 0.0;
     double stats[3] = {0.0, 0.0, 0.0};  // Muon update sum of squares, Muon elements, Newton-Schulz FLOPs
     for (int k = 0; k < opt->n_units; k++) {
         const OptUnit* u = &opt->units[k];
