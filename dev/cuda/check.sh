@@ -200,20 +200,35 @@ bench() {
         [ $rc -eq 0 ] && res=ok
         [ $rc -eq 124 ] && res="ok (time-boxed at ${T}s)"
         row "$name" "$res" "$toks tok/s, MFU $mfu%, $ms ms/step (medians after step $skip of $n), loss $l0 -> $l1"
+        # the per-op breakdown (--profile): median ms per category and its share of the step
+        local p; p=$(python3 - "$W/$id/log.jsonl" "$skip" <<'PY'
+import json, statistics, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if '"type":"step"' in l][int(sys.argv[2]):]
+recs = [r for r in recs if isinstance(r.get("prof_ms"), dict)]
+if recs:
+    ms = statistics.median(r["ms"] for r in recs)
+    keys = list(recs[0]["prof_ms"])
+    print(", ".join("%s %.1f ms (%.0f%%)" % (k, statistics.median(r["prof_ms"][k] for r in recs),
+                                             100 * statistics.median(r["prof_ms"][k] for r in recs) / ms) for k in keys))
+PY
+)
+        [ -n "$p" ] && row "$name: time per step" "-" "$p"
     else
         row "$name" FAIL "exit $rc, no step logged: $(grep -m1 -E 'error' "$LOGS/$id.log" | cut -c1-160)"
     fi
 }
 
 if want nano && [ $BUILD_OK = 1 ]; then
-    bench bench_nano "k2-nano B=32 T=256 (20 steps)" 90 5 "${COMMON_NANO[@]}" --steps 20 --batch-size 32
+    bench bench_nano "k2-nano B=32 T=256 (20 steps)" 90 5 "${COMMON_NANO[@]}" --steps 20 --batch-size 32 --profile
+    bench bench_nano_muon "k2-nano B=32 T=256 Muon (20 steps)" 90 5 "${COMMON_NANO[@]}" --steps 20 --batch-size 32 \
+        --optim muon --profile
 fi
 if want small && [ $BUILD_OK = 1 ]; then
     # 2.52B parameters: the host draws the initial weights single-threaded (~1-2 minutes) before the first step;
     # 45 GB of GPU memory for weights, gradients and AdamW state, a few GB of activations at B=4
     make_shard "$W/small.bin" 2000000 50304
     bench bench_small "k2-small B=4 T=2048 (time-boxed)" 260 2 --model k2-small --train-data "$W/small.bin" \
-        --steps 1000 --batch-size 4 --lr 3e-4 --warmup 2
+        --steps 1000 --batch-size 4 --lr 3e-4 --warmup 2 --profile
 fi
 
 # ---------------------------------------------------------------------------- table
