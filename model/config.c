@@ -21,11 +21,19 @@ static const Preset presets[] = {
     {"k2-l3",    4096,  64,    3, 1, 2,  32,    16,     16,  8,   16,  384, 8, 16,  144,  256},
     {"k2-l4",    4096,  80,    3, 1, 3,  40,    20,     16,  8,   16,  384, 8, 20,  180,  256},
     {"k2-l5",    4096,  96,    3, 1, 3,  48,    24,     24,  12,  24,  384, 8, 24,  216,  256},
+    // the GPU scaling ladder (GPT-2 vocab, llm.c FineWeb shards): 8M to 60M active parameters, between the CPU
+    // ladder and k2-small
+    {"k2-g1",    50304, 256,   4, 1, 4,  96,    64,     64,  32,  64,  384, 8, 64,  576,  1024},
+    {"k2-g2",    50304, 384,   5, 1, 4,  128,   96,     64,  32,  64,  384, 8, 96,  864,  1024},
+    {"k2-g3",    50304, 512,   6, 1, 6,  160,   128,    64,  32,  64,  384, 8, 128, 1152, 1024},
+    {"k2-g4",    50304, 640,   6, 1, 6,  192,   160,    96,  32,  96,  384, 8, 160, 1440, 1024},
+    {"k2-g5",    50304, 768,   8, 1, 8,  224,   192,    96,  32,  96,  384, 8, 224, 2016, 1024},
     // one 80 GB GPU: ~2.5B parameters in all, ~150M active; GPT-2 vocab (padded) so llm.c FineWeb shards load
     {"k2-small", 50304, 1024,  8, 1, 8,  384,   256,    128, 64,  128, 384, 8, 288, 2592, 2048},
 };
 
-const char* const config_preset_names[] = {"k2-nano", "k2-l1", "k2-l2", "k2-l3", "k2-l4", "k2-l5", "k2-small", NULL};
+const char* const config_preset_names[] = {"k2-nano", "k2-l1", "k2-l2", "k2-l3", "k2-l4", "k2-l5",
+                                           "k2-g1", "k2-g2", "k2-g3", "k2-g4", "k2-g5", "k2-small", NULL};
 
 int config_from_preset(ModelConfig* c, const char* name) {
     for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++) {

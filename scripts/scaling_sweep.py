@@ -69,9 +69,9 @@ LADDERS = {
     # name: settings; every one can be overridden by the flag of the same name
     "quick": dict(models="k2-l1,k2-l2,k2-l3,k2-l4,k2-l5", tokens_per_param=1.0, max_extend=0),
     "default": dict(models="k2-l1,k2-l2,k2-l3,k2-l4,k2-l5", tokens_per_param=4.0, max_extend=1),
-    # stub: needs a working CUDA backend (./train_moe --device cuda, not yet validated on a GPU) and presets
-    # between k2-l5 and k2-small; see --gpu in --help
-    "gpu": dict(models="k2-small", tokens_per_param=20.0, max_extend=1),
+    # one GPU (--device cuda) on llm.c's GPT-2-token FineWeb shards (vocab 50304): k2-g1..k2-g5, 16M..90M active
+    # parameters, Chinchilla's 20 tokens per active parameter
+    "gpu": dict(models="k2-g1,k2-g2,k2-g3,k2-g4,k2-g5", tokens_per_param=20.0, max_extend=1),
 }
 
 # run settings added after the first sweeps: their value in a run.json that predates them
@@ -963,14 +963,16 @@ Ladders (any setting can be overridden by its flag):
   default    k2-l1..k2-l5, 4 tokens per active parameter (316..1414 steps), 3 lrs per optimizer + at most one
              edge extension each: 30-40 runs; estimate 49 min without extensions, 66 min with all 10, x1.2 for
              the quick ladder's measured/estimated ratio: ~60-80 min.
-  --gpu      STUB: needs a working CUDA backend (./train_moe --device cuda, not yet validated on a GPU) and
-             presets between k2-l5 and k2-small (only k2-small exists); it refuses to run.
+  --gpu      k2-g1..k2-g5 on one GPU (--device cuda, batch 16 x 1024, lr grid centred on 3e-3, MFU against
+             989 TFLOP/s), 20 tokens per active parameter (314M..1.8B tokens per run): needs --train-data and
+             --val-data with GPT-2-token shards (llm.c's FineWeb, vocab 50304; the default corpus is far too
+             small). The CUDA backend has not yet run on a GPU (README, "CUDA backend").
 Fewer than Chinchilla's ~20 tokens per active parameter: at 20 the AdamW + Muon grids would take ~4-5.5 h on
 2 cores; the ladder still spans 4.5x in active parameters and ~20x in compute. --dry-run prints the plan and
 the estimate for any setting.
 """)
     p.add_argument("--quick", action="store_true", help="the ~15-minute CPU ladder")
-    p.add_argument("--gpu", action="store_true", help="STUB: the GPU ladder (needs the CUDA backend; refuses to run)")
+    p.add_argument("--gpu", action="store_true", help="the GPU ladder k2-g1..k2-g5 (needs --train-data/--val-data FineWeb shards)")
     p.add_argument("--name", help="sweep directory name under --root (default: the ladder's name)")
     p.add_argument("--root", default=os.path.join(ROOT, "sweeps"), help="where sweeps live [sweeps/]")
     p.add_argument("--models", help="comma-separated presets, smallest first")
@@ -1005,8 +1007,18 @@ the estimate for any setting.
 
     ladder = "gpu" if a.gpu else ("quick" if a.quick else "default")
     if a.gpu:
-        sys.exit("error: --gpu: the GPU ladder is a stub: it needs a working CUDA backend (./train_moe --device cuda, "
-                 "not yet validated on a GPU) and presets between k2-l5 and k2-small")
+        # the GPU ladder's own defaults, where the flags were left at the CPU ladders' values
+        if a.train_data == "data/default/train_*.bin" or a.val_data == "data/default/val_*.bin":
+            sys.exit("error: --gpu needs --train-data and --val-data with GPT-2-token shards (llm.c's FineWeb, vocab "
+                     "50304): the default corpus (2.8M tokens, vocab 4096) is far too small for 314M..1.8B-token runs")
+        if a.device == "cpu":
+            a.device = "cuda"
+        if a.batch_size == 8 and a.seq_len == 256:
+            a.batch_size, a.seq_len = 16, 1024
+        if a.lr_center == 8e-3:
+            a.lr_center = 3e-3
+        if a.peak_gflops == 150.0:
+            a.peak_gflops = 989000.0
     for k, v in LADDERS[ladder].items():
         if getattr(a, k) is None:
             setattr(a, k, v)

@@ -239,8 +239,18 @@ else
     fail "divergence: exit $rc1/$rc2: $(tail -n 3 "$W/div1.log" | tr '\n' ' ') / $(tail -n 2 "$W/div2.log" | tr '\n' ' ')"
 fi
 
+# the GPU ladder: refuses the default corpus; with GPT-2-token shards it plans k2-g1..k2-g5 on the GPU
 "$PY" scripts/scaling_sweep.py --gpu > "$W/gpu.log" 2>&1
-[ $? -ne 0 ] && grep -q "CUDA backend" "$W/gpu.log" && pass "--gpu: a stub that names the missing CUDA backend" \
+[ $? -ne 0 ] && grep -q -- "--train-data" "$W/gpu.log" && pass "--gpu without FineWeb-style shards: refused, naming --train-data" \
     || fail "--gpu: $(cat "$W/gpu.log")"
+"$PY" data/shard_tool.py write "$W/gpt2_train.bin" --random 30000 --vocab 50304 --seed 3 > /dev/null
+"$PY" data/shard_tool.py write "$W/gpt2_val.bin" --random 5000 --vocab 50304 --seed 4 > /dev/null
+"$PY" scripts/scaling_sweep.py --gpu --dry-run --root "$W/sweeps" --train-data "$W/gpt2_train.bin" --val-data "$W/gpt2_val.bin" > "$W/gpu2.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && grep -q "k2-g1-adamw" "$W/gpu2.log" && grep -q "k2-g5" "$W/gpu2.log"; then
+    pass "--gpu --dry-run plans the k2-g1..k2-g5 ladder: $(grep -m1 'k2-g1:' "$W/gpu2.log")"
+else
+    fail "--gpu --dry-run: exit $rc: $(tail -n 3 "$W/gpu2.log" | tr '\n' ' ')"
+fi
 
 finish
