@@ -1,30 +1,141 @@
-// emulation glue: thread-locals, cuBLAS on the host (column-major, as documented), the globals of ops_cuda.cu, and
-// an Ops table whose "device" memory is host memory, so tests/test_cuda_attn_moe.c runs the real kernels on the CPU
+// emulation glue: thread-locals and cuBLAS on the host (column-major, as documented). With it the real
+// model/cuda/*.cu (ops_cuda.cu's Ops table included) run on the CPU, "device" memory being host memory.
 #include <stdio.h>
 #include "cuda_runtime.h"
 #include "cuda_bf16.h"
 #include "cublas_v2.h"
 #include "cublasLt.h"
-extern "C" {
-#include "/work/main/common.h"
-#include "/work/main/model/ops.h"
-}
-#include "/work/main/model/cuda/cuda_ops.h"
+#include <stdlib.h>
+#include <vector>
+#include <functional>
 
-thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
-thread_local std::barrier<>* emu_block_bar;
-thread_local EmuWarp* emu_warp;
-thread_local unsigned char* emu_smem;
+#include <sys/mman.h>
+#include <cblas.h>
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+unsigned char* emu_smem;
+
+// ---- fibers: the threads of a block, each on its own stack, switched by emu_ctx_switch (x86-64 System V: the
+// callee-saved registers are pushed on the old stack, the stack pointer is swapped, and they are popped from the
+// new one; everything else is caller-saved around the call). No signal-mask syscalls, so a switch costs nanoseconds.
+extern "C" void emu_ctx_switch(void** save_sp, void* load_sp);
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch is written for x86-64"
+#endif
+asm(R"(
+    .text
+    .globl emu_ctx_switch
+    .type emu_ctx_switch, @function
+emu_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_ctx_switch, .-emu_ctx_switch
+)");
+
+enum { F_RUN, F_WAIT_BLOCK, F_WAIT_WARP, F_DONE };
+struct Fiber { void* sp; int state; unsigned char* stack; };
+static const size_t EMU_STACK = 256 << 10;  // per thread; the lowest page is a guard (an overflow faults)
+static Fiber fib[1024];
+static void* sched_sp;                      // the scheduler's stack pointer while a fiber runs
+static int cur;                             // the running fiber
+static const std::function<void()>* cur_body;
+static uint64_t warp_slot[32][32];          // shuffle exchange, per warp
+
+static void fiber_entry(void) {
+    (*cur_body)();
+    fib[cur].state = F_DONE;
+    emu_ctx_switch(&fib[cur].sp, sched_sp);
+    abort();  // a finished fiber is never resumed
+}
+static void fiber_wait(int state) {
+    fib[cur].state = state;
+    emu_ctx_switch(&fib[cur].sp, sched_sp);
+}
+void emu_sync_block(void) { fiber_wait(F_WAIT_BLOCK); }
+void emu_sync_warp(void) { fiber_wait(F_WAIT_WARP); }
+uint64_t* emu_warp_slots(void) { return warp_slot[threadIdx.x >> 5]; }
+
+static void fiber_start(int t) {
+    if (!fib[t].stack) {
+        void* m = mmap(NULL, EMU_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) { fprintf(stderr, "emu: no memory for a fiber stack\n"); abort(); }
+        mprotect(m, 4096, PROT_NONE);
+        fib[t].stack = (unsigned char*)m;
+    }
+    // the first switch pops six zero registers and returns into fiber_entry with the stack aligned as after a call
+    void** sp = (void**)(fib[t].stack + EMU_STACK - 64);
+    for (int i = 0; i < 8; i++) sp[i] = NULL;
+    sp[6] = (void*)fiber_entry;
+    fib[t].sp = sp;
+    fib[t].state = F_RUN;
+}
+
+void emu_run_grid(dim3 g, dim3 b, size_t smem, const std::function<void()>& body) {
+    int nt = (int)b.x;
+    std::vector<unsigned char> buf(smem + 16);
+    unsigned char* sm = (unsigned char*)(((uintptr_t)buf.data() + 15) & ~(uintptr_t)15);
+    blockDim = b; gridDim = g; cur_body = &body; emu_smem = sm;
+    for (unsigned z = 0; z < g.z; z++)
+        for (unsigned y = 0; y < g.y; y++)
+            for (unsigned x = 0; x < g.x; x++) {
+                blockIdx = dim3(x, y, z);
+                memset(buf.data(), 0xA5, buf.size());  // shared memory starts as garbage, as on the GPU
+                for (int t = 0; t < nt; t++) fiber_start(t);
+                int live = nt;
+                for (int phase = 0; live > 0; phase++) {
+                    for (int i = 0; i < nt; i++) {
+                        int t = (phase & 1) ? nt - 1 - i : i;
+                        if (fib[t].state != F_RUN) continue;
+                        cur = t;
+                        threadIdx = dim3((unsigned)t, 0, 0);
+                        emu_ctx_switch(&sched_sp, fib[t].sp);
+                        if (fib[t].state == F_DONE) live--;
+                    }
+                    if (!live) break;
+                    // open the barriers every live participant has reached: warps first, else the block's
+                    int opened = 0;
+                    for (int w = 0; w < nt / 32; w++) {
+                        int waiting = 0, alive = 0;
+                        for (int t = w * 32; t < w * 32 + 32; t++) {
+                            alive += fib[t].state != F_DONE;
+                            waiting += fib[t].state == F_WAIT_WARP;
+                        }
+                        if (waiting && waiting == alive) {
+                            for (int t = w * 32; t < w * 32 + 32; t++)
+                                if (fib[t].state == F_WAIT_WARP) fib[t].state = F_RUN;
+                            opened = 1;
+                        }
+                    }
+                    if (opened) continue;
+                    int at_block = 0;
+                    for (int t = 0; t < nt; t++) at_block += fib[t].state == F_WAIT_BLOCK;
+                    if (at_block != live) {
+                        fprintf(stderr, "emu: deadlock in block (%u,%u,%u): %d threads at __syncthreads, %d at a warp "
+                                "collective that part of their warp never reaches\n", x, y, z, at_block, live - at_block);
+                        abort();
+                    }
+                    for (int t = 0; t < nt; t++)
+                        if (fib[t].state == F_WAIT_BLOCK) fib[t].state = F_RUN;
+                }
+            }
+}
+
 int emu_max_dyn_smem = 48 * 1024;
 long emu_launches = 0;
-long emu_gemm_calls = 0, emu_grouped_calls = 0;
-
-cudaStream_t cuda_stream = 0;
-cublasHandle_t cuda_cublas = 0;
-cublasLtHandle_t cuda_cublaslt = 0;
-void* cuda_lt_workspace = 0;
-size_t cuda_lt_workspace_bytes = 0;
-int cuda_num_sms = 4;
+long emu_gemm_calls = 0, emu_grouped_calls = 0, emu_sgemm_batched_calls = 0;
 
 static float ld_el(const void* p, cudaDataType_t t, size_t i) {
     if (t == CUDA_R_32F) return ((const float*)p)[i];
@@ -35,6 +146,15 @@ static void st_el(void* p, cudaDataType_t t, size_t i, float v) {
     else ((__nv_bfloat16*)p)[i] = __float2bfloat16_rn(v);
 }
 
+// One GEMM, C = alpha op(A) op(B) + beta C, column-major with cuBLAS's argument checks; the product itself by
+// OpenBLAS on fp32 copies of the operands (widened from bf16 exactly), the result rounded once into C's type.
+static std::vector<float> widen(const void* p, cudaDataType_t t, int rows, int cols, int ld) {
+    // the column-major (rows, cols) operand with leading dimension ld: its last column ends at ld*(cols-1)+rows
+    size_t n = cols > 0 && rows > 0 ? (size_t)ld * (cols - 1) + rows : 0;
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = ld_el(p, t, i);
+    return v;
+}
 static cublasStatus_t gemm1(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                             const void* A, cudaDataType_t At, int lda, const void* B, cudaDataType_t Bt, int ldb,
                             float beta, void* C, cudaDataType_t Ct, int ldc) {
@@ -43,17 +163,20 @@ static cublasStatus_t gemm1(cublasOperation_t ta, cublasOperation_t tb, int m, i
     if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) { fprintf(stderr, "emu gemm: ldb\n"); return CUBLAS_STATUS_INVALID_VALUE; }
     if (ldc < (m > 1 ? m : 1)) { fprintf(stderr, "emu gemm: ldc\n"); return CUBLAS_STATUS_INVALID_VALUE; }
     if (At != Bt) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    std::vector<float> prod((size_t)m * n, 0.0f);
+    if (k > 0) {
+        std::vector<float> a = ta == CUBLAS_OP_N ? widen(A, At, m, k, lda) : widen(A, At, k, m, lda);
+        std::vector<float> b = tb == CUBLAS_OP_N ? widen(B, Bt, k, n, ldb) : widen(B, Bt, n, k, ldb);
+        cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f,
+                    prod.data(), m);
+    }
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
-            float acc = 0.0f;
-            for (int l = 0; l < k; l++) {
-                float a = ld_el(A, At, ta == CUBLAS_OP_N ? (size_t)i + (size_t)l * lda : (size_t)l + (size_t)i * lda);
-                float b = ld_el(B, Bt, tb == CUBLAS_OP_N ? (size_t)l + (size_t)j * ldb : (size_t)j + (size_t)l * ldb);
-                acc = fmaf(a, b, acc);
-            }
             size_t ci = (size_t)i + (size_t)j * ldc;
-            float v = alpha * acc;
-            if (beta != 0.0f) v += beta * ld_el(C, Ct, ci);
+            float v = alpha * prod[(size_t)i + (size_t)j * m];
+            if (beta != 0.0f) v += beta * ld_el(C, Ct, ci);  // beta = 0: C is not read (it may hold NaN)
             st_el(C, Ct, ci, v);
         }
     return CUBLAS_STATUS_SUCCESS;
@@ -90,41 +213,19 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_
     return CUBLAS_STATUS_SUCCESS;
 }
 
-// ---- the Ops table (host memory standing in for device memory)
-static void* e_malloc(size_t b) { return calloc(1, b ? b : 1); }
-static void e_free(void* p) { free(p); }
-static void e_zero(void* p, size_t b) { memset(p, 0, b); }
-static void e_copy(void* d, const void* s, size_t b) { memmove(d, s, b); }
-static void e_act(float* h, const void* s, size_t n) {
-    for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(((const __nv_bfloat16*)s)[i]);
+// fp32 strided batch (Newton-Schulz): each matrix of the batch through the same host GEMM
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float* alpha, const float* A, int lda, long long strideA,
+                                         const float* B, int ldb, long long strideB, const float* beta, float* C,
+                                         int ldc, long long strideC, int batch) {
+    emu_sgemm_batched_calls++;
+    for (int i = 0; i < batch; i++) {
+        cublasStatus_t st = gemm1(ta, tb, m, n, k, *alpha, A + i * strideA, CUDA_R_32F, lda, B + i * strideB,
+                                  CUDA_R_32F, ldb, *beta, C + i * strideC, CUDA_R_32F, ldc);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
 }
-static void e_sync(void) {}
 
-static Ops make_table() {
-    Ops o;
-    memset(&o, 0, sizeof(o));
-    o.name = "cuda";
-    o.act_bytes = 2;
-    o.separate_compute_weights = 1;
-    o.malloc = e_malloc; o.free = e_free; o.zero = e_zero; o.to_host = e_copy; o.to_device = e_copy;
-    o.act_to_host_f32 = e_act; o.sync = e_sync;
-    o.attention_forward = cuda_attention_forward;
-    o.attention_backward = cuda_attention_backward;
-    o.moe_router_forward = cuda_moe_router_forward;
-    o.moe_balance_loss = cuda_moe_balance_loss;
-    o.moe_router_backward = cuda_moe_router_backward;
-    o.moe_dispatch = cuda_moe_dispatch;
-    o.moe_gather = cuda_moe_gather;
-    o.moe_gather_backward = cuda_moe_gather_backward;
-    o.moe_experts_forward = cuda_moe_experts_forward;
-    o.moe_experts_backward = cuda_moe_experts_backward;
-    o.moe_combine_forward = cuda_moe_combine_forward;
-    o.moe_combine_backward = cuda_moe_combine_backward;
-    return o;
-}
-static Ops table = make_table();
-
-extern "C" const Ops* ops_cuda_get(void) { return &table; }
-extern "C" int ops_cuda_built(void) { return 1; }
-extern "C" const char* ops_cuda_unavailable_reason(void) { return NULL; }
-struct EmuReport { ~EmuReport() { fprintf(stderr, "emu: %ld kernel launches, %ld cublasGemmEx, %ld grouped GEMM calls\n", emu_launches, emu_gemm_calls, emu_grouped_calls); } } emu_report;
+struct EmuReport { ~EmuReport() { fflush(stdout); fprintf(stderr, "emu: %ld kernel launches, %ld cublasGemmEx, %ld grouped GEMM, %ld SgemmStridedBatched calls\n",
+                                              emu_launches, emu_gemm_calls, emu_grouped_calls, emu_sgemm_batched_calls); } } emu_report;

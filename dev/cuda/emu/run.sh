@@ -1,21 +1,53 @@
 #!/bin/bash
-# Runs tests/test_cuda_attn_moe.c on the CPU against the real kernels of model/cuda/{attention,moe}.cu, emulated:
-# one std::thread per CUDA thread (blocks in sequence), std::barrier for __syncthreads/__syncwarp, warp shuffles and
-# __match_any_sync through a per-warp exchange, cuBLAS GemmEx / GemmGroupedBatchedEx on the host (column-major, as
-# documented, alignment and type table checked). TSAN=1 builds with ThreadSanitizer (finds missing barriers).
-# EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). Needs the repo's CPU objects (make first).
+# Runs the CUDA tests (tests/test_cuda.c, test_cuda_attn_moe.c, test_cuda_model.c) on the CPU against the real
+# kernels and op table of model/cuda/*.cu, emulated: blocks in sequence, a block's threads as fibers switched at
+# every barrier (include/cuda_runtime.h says how missing barriers are caught), warp shuffles and __match_any_sync
+# through a per-warp exchange, cuBLAS
+# GemmEx / GemmGroupedBatchedEx / SgemmStridedBatched and CUB's radix sort on the host (column-major, as
+# documented; alignment and type table checked). This is verification of the kernels' logic (indexing, barriers,
+# reductions, the op table, model.c's bf16 path), not of the GPU's arithmetic or speed.
+#
+#   bash dev/cuda/emu/run.sh                 # all three tests
+#   bash dev/cuda/emu/run.sh test_cuda       # one of them
+# EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default
+# /tmp/train_moe_emu) keeps the objects; the .cu objects are rebuilt when their source or a header changes. Needs g++ (C++20) and OpenBLAS (for the CPU backend the tests compare against).
 set -e
 cd "$(dirname "$0")"
 R=$(cd ../../.. && pwd)
 B=${EMU_BUILD:-/tmp/train_moe_emu}
 mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
-SAN=""; [ "${TSAN:-0}" = 1 ] && SAN="-fsanitize=thread -O1" || SAN="-O2"
-python3 prep.py $R/model/cuda/attention.cu $B/attention.cpp
-python3 prep.py $R/model/cuda/moe.cu $B/moe.cpp
-cp emu_runtime.cpp $B/
-for f in attention moe emu_runtime; do g++ -std=c++20 $SAN -g -pthread -I$PWD/include -I$R/model/cuda -w -c $B/$f.cpp -o $B/r_$f.o; done
-gcc $SAN -g -std=gnu11 -fopenmp -w -I/usr/include/x86_64-linux-gnu/openblas-openmp -c $R/tests/test_cuda_attn_moe.c -o $B/r_test.o
-g++ $SAN -fopenmp -pthread $B/r_test.o $B/r_attention.o $B/r_moe.o $B/r_emu_runtime.o $R/build/common.o $R/build/model/cpu/*.o \
-    -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/r_test
-OMP_NUM_THREADS=1 $B/r_test
+OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
+SAN="-O2"
+TESTS=${*:-test_cuda test_cuda_attn_moe test_cuda_model}
+# the backend's .cu files as host C++ (launch syntax and dynamic shared memory rewritten), compiled when changed
+CU_OBJ=()
+for f in ops_cuda dense attention moe optim; do
+    python3 prep.py $R/model/cuda/$f.cu $B/$f.cpp > /dev/null
+    if [ ! -f $B/r_$f.o ] || ! cmp -s $B/$f.cpp $B/$f.cpp.built || [ include -nt $B/r_$f.o ] \
+       || [ -n "$(find include emu_runtime.cpp $R/model/cuda $R/model/ops.h $R/common.h -newer $B/r_$f.o 2>/dev/null)" ]; then
+        g++ -std=c++20 $SAN -g -I$PWD/include -I$R/model/cuda -w -c $B/$f.cpp -o $B/r_$f.o
+        cp $B/$f.cpp $B/$f.cpp.built
+    fi
+    CU_OBJ+=($B/r_$f.o)
+done
+g++ -std=c++20 $SAN -g -I$PWD/include -I$OBI -w -c emu_runtime.cpp -o $B/r_emu_runtime.o
+# the CPU side, one process (no MPI, no NCCL): built here so the build/ flags do not matter
+C_SRC="common.c model/config.c model/params.c model/model.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
+       model/cpu/moe.c model/cpu/optim.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c comm/comm.c"
+C_OBJ=()
+for f in $C_SRC; do
+    o=$B/c_$(echo $f | tr / _ | sed 's/\.c$/.o/')
+    gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c $R/$f -o $o
+    C_OBJ+=($o)
+done
+rc=0
+for t in $TESTS; do
+    [ -f $R/tests/$t.c ] || { echo "emu: no tests/$t.c"; exit 2; }
+    gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c $R/tests/$t.c -o $B/t_$t.o
+    g++ $SAN -fopenmp $B/t_$t.o "${CU_OBJ[@]}" $B/r_emu_runtime.o "${C_OBJ[@]}" \
+        -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/$t
+    echo "==== $t (CPU emulation of the CUDA backend)"
+    OMP_NUM_THREADS=1 $B/$t || rc=1
+done
+exit $rc

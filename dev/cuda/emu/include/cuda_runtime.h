@@ -1,11 +1,11 @@
-// CPU emulation of the CUDA runtime subset used by model/cuda/{attention,moe}.cu (verification only)
+// CPU emulation of the CUDA runtime subset used by model/cuda/*.cu (verification only)
 #pragma once
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#include <barrier>
-#include <thread>
+#include <functional>
 #include <vector>
 #include <memory>
 #include <utility>
@@ -45,58 +45,68 @@ static inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcp
 static inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { memset(d, v, n); return cudaSuccess; }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 static inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+// device selection (ops_cuda.cu): one emulated device of compute capability 9.0 with 4 multiprocessors (grid_for
+// caps grids at 32 blocks per multiprocessor: few SMs keep the emulated grids small; grid-stride loops still
+// cover every element)
+struct cudaDeviceProp { char name[256]; int major, minor, multiProcessorCount; size_t totalGlobalMem; };
+static inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+    memset(p, 0, sizeof(*p)); strcpy(p->name, "CPU emulator"); p->major = 9; p->minor = 0;
+    p->multiProcessorCount = 4; p->totalGlobalMem = (size_t)8 << 30; return cudaSuccess; }
+static inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+static inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = (cudaStream_t)0x1; return cudaSuccess; }
+static inline cudaError_t cudaMemGetInfo(size_t* f, size_t* t) { *f = (size_t)6 << 30; *t = (size_t)8 << 30; return cudaSuccess; }
 static inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 232448; return cudaSuccess; }
 template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int v) {
     extern int emu_max_dyn_smem; if (v > emu_max_dyn_smem) emu_max_dyn_smem = v; return cudaSuccess; }
 
-// ---- execution model: one std::thread per CUDA thread of a block; blocks run one after another
-struct EmuWarp {
-    std::barrier<> bar{32};
-    uint64_t slot[32];
-};
-extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
-extern thread_local std::barrier<>* emu_block_bar;
-extern thread_local EmuWarp* emu_warp;
-extern thread_local unsigned char* emu_smem;
+// ---- execution model. Blocks run one after another; the threads of a block are fibers (one stack each) on one
+// host thread, switched cooperatively by emu_runtime.cpp's scheduler. A thread runs until it reaches a barrier
+// (__syncthreads, __syncwarp, or the two exchanges inside a shuffle / __match_any_sync) or returns; a block
+// barrier opens when every live thread of the block waits at it, a warp barrier when every live lane of the warp
+// does. Between barriers the threads run in ascending order in even phases and descending order in odd ones, so
+// code that reads another thread's write without a barrier between them sees stale data (shared memory starts as
+// 0xA5 garbage) in one of the two orders and fails its test. A shuffle reached by only part of a warp while the
+// other lanes wait at a block barrier (divergent warp collectives) aborts with a message.
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+extern unsigned char* emu_smem;
 extern int emu_max_dyn_smem;
 extern long emu_launches;
 
-static inline void __syncthreads(void) { emu_block_bar->arrive_and_wait(); }
-static inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp->bar.arrive_and_wait(); }
+void emu_sync_block(void);  // __syncthreads
+void emu_sync_warp(void);   // __syncwarp and the shuffles' exchanges
+uint64_t* emu_warp_slots(void);  // 32 exchange slots of the calling thread's warp
+void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+
+static inline void __syncthreads(void) { emu_sync_block(); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { emu_sync_warp(); }
 template <class T> static inline T __shfl_xor_sync(unsigned, T v, int off) {
-    EmuWarp* w = emu_warp;
+    uint64_t* slot = emu_warp_slots();
     int lane = threadIdx.x & 31;
-    memcpy(&w->slot[lane], &v, sizeof(T));
-    w->bar.arrive_and_wait();
+    memcpy(&slot[lane], &v, sizeof(T));
+    emu_sync_warp();
     T r;
-    memcpy(&r, &w->slot[lane ^ off], sizeof(T));
-    w->bar.arrive_and_wait();
+    memcpy(&r, &slot[lane ^ off], sizeof(T));
+    emu_sync_warp();  // every lane has read before any lane's next write
     return r;
 }
 static inline unsigned __match_any_sync(unsigned, int v) {
-    EmuWarp* w = emu_warp;
+    uint64_t* slot = emu_warp_slots();
     int lane = threadIdx.x & 31;
-    w->slot[lane] = (uint64_t)(uint32_t)v;
-    w->bar.arrive_and_wait();
+    slot[lane] = (uint64_t)(uint32_t)v;
+    emu_sync_warp();
     unsigned m = 0;
-    for (int i = 0; i < 32; i++) if ((uint32_t)w->slot[i] == (uint32_t)v) m |= 1u << i;
-    w->bar.arrive_and_wait();
+    for (int i = 0; i < 32; i++) if ((uint32_t)slot[i] == (uint32_t)v) m |= 1u << i;
+    emu_sync_warp();
     return m;
 }
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
-static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-static inline int atomicMax(int* p, int v) {
-    int old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
-    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-    return old;
-}
-static inline unsigned atomicMin(unsigned* p, unsigned v) {
-    unsigned old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
-    while (old > v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-    return old;
-}
+// one host thread runs everything: plain read-modify-writes are atomic here
+static inline int atomicAdd(int* p, int v) { int old = *p; *p = old + v; return old; }
+static inline int atomicMax(int* p, int v) { int old = *p; if (v > old) *p = v; return old; }
+static inline unsigned atomicMin(unsigned* p, unsigned v) { unsigned old = *p; if (v < old) *p = v; return old; }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline unsigned char* emu_dyn_smem(void) { return emu_smem; }
 
@@ -106,29 +116,12 @@ struct EmuLauncher {
     template <class... A> void operator()(A... args) {
         emu_launches++;
         unsigned nt = b.x * b.y * b.z;
-        if (nt % 32) { fprintf(stderr, "emu: block of %u threads\n", nt); abort(); }
+        if (nt % 32 || nt > 1024) { fprintf(stderr, "emu: block of %u threads\n", nt); abort(); }
+        if (b.y != 1 || b.z != 1) { fprintf(stderr, "emu: only 1-D blocks are emulated\n"); abort(); }
         if (smem > 48 * 1024 && (int)smem > emu_max_dyn_smem) { fprintf(stderr, "emu: %zu bytes of dynamic smem without the attribute\n", smem); abort(); }
         if (smem > 232448) { fprintf(stderr, "emu: %zu bytes of dynamic smem\n", smem); abort(); }
         if (g.x == 0 || g.y == 0 || g.z == 0 || g.y > 65535 || g.z > 65535) { fprintf(stderr, "emu: bad grid\n"); abort(); }
-        std::vector<unsigned char> buf(smem + 16, 0xA5);  // garbage, like real shared memory
-        unsigned char* sm = (unsigned char*)(((uintptr_t)buf.data() + 15) & ~(uintptr_t)15);
-        std::barrier<> bbar(nt);
-        std::vector<std::unique_ptr<EmuWarp>> warps;
-        for (unsigned w = 0; w < nt / 32; w++) warps.emplace_back(new EmuWarp());
-        std::vector<std::thread> th;
-        for (unsigned t = 0; t < nt; t++)
-            th.emplace_back([&, t]() {
-                threadIdx = dim3(t, 0, 0); blockDim = b; gridDim = g;
-                emu_block_bar = &bbar; emu_warp = warps[t / 32].get(); emu_smem = sm;
-                for (unsigned z = 0; z < g.z; z++)
-                    for (unsigned y = 0; y < g.y; y++)
-                        for (unsigned x = 0; x < g.x; x++) {
-                            blockIdx = dim3(x, y, z);
-                            f(args...);
-                            bbar.arrive_and_wait();
-                        }
-            });
-        for (auto& t : th) t.join();
+        emu_run_grid(g, b, smem, [&]() { f(args...); });
     }
 };
 template <class F> EmuLauncher<F> emu_launch(F f, dim3 g, dim3 b, size_t smem = 0, cudaStream_t = 0) {
