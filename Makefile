@@ -83,8 +83,8 @@ HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*
 CUDA_HEADERS = $(HEADERS) $(wildcard model/cuda/*.cuh)
 LDLIBS += $(CUDA_LIBS)
 
-# the CUDA op tests: the dense/optimizer ones, and the attention/MoE ones when their file is there
-CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe
+# the CUDA tests: the dense/optimizer ops, the attention/MoE ops, and the whole model vs the CPU backend
+CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/tests/test_cuda_model
 
 TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon $(CUDA_TEST_BINS)
 
@@ -131,8 +131,8 @@ test:
 	$(MAKE) train_moe $(TEST_BINS)
 	bash tests/run_tests.sh
 
-# builds and runs the CUDA op tests (each compares the CUDA ops with their CPU twins; without a GPU, or in a
-# CPU-only build, they print SKIP lines and pass)
+# builds and runs the CUDA tests (the CUDA ops vs their CPU twins, the whole model vs the CPU backend; without a
+# GPU, or in a CPU-only build, they print SKIP lines and pass)
 test-cuda:
 	$(MAKE) $(CUDA_TEST_BINS)
 	@rc=0; for t in $(CUDA_TEST_BINS); do echo "==== $$t"; ./$$t || rc=1; done; exit $$rc

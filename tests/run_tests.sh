@@ -38,10 +38,11 @@ run gradcheck ./build/tests/test_gradcheck
 # the CUDA ops vs their CPU twins (SKIP without a GPU or without the CUDA backend)
 run cuda ./build/tests/test_cuda
 run "cuda attention+moe" ./build/tests/test_cuda_attn_moe
-# the attention and MoE kernels' own code, run on the CPU by an emulator (one thread per CUDA thread, host cuBLAS)
-# against their CPU twins: checks the kernels' logic where no GPU is present
+run "cuda whole model" ./build/tests/test_cuda_model
+# the same three CUDA tests against the backend's own code (model/cuda/*.cu), run on the CPU by an emulator
+# (fibers for CUDA threads, host cuBLAS): checks the kernels' and the bf16 model path's logic where no GPU is present
 if command -v g++ > /dev/null; then
-    run "cuda attention+moe kernels, CPU emulation" bash dev/cuda/emu/run.sh
+    run "cuda kernels and whole model, CPU emulation" bash dev/cuda/emu/run.sh
 else
     echo "SKIP cuda emulation: g++ is not installed"; skipped=$((skipped + 1))
 fi

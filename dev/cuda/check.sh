@@ -78,7 +78,7 @@ if want build; then
     T=$(limit 30 240)
     say "build (timeout ${T:-0}s)"
     if [ -n "$T" ] && timeout "$T" make -j"$(nproc)" "${MAKEVARS[@]}" train_moe > "$LOGS/build.log" 2>&1 \
-       && T2=$(limit 5 120) && timeout "${T2:-1}" make -j"$(nproc)" "${MAKEVARS[@]}" build/tests/test_cuda \
+       && T2=$(limit 5 120) && timeout "${T2:-1}" make -j"$(nproc)" "${MAKEVARS[@]}" build/tests/test_cuda build/tests/test_cuda_model \
           $( [ -f tests/test_cuda_attn_moe.c ] && echo build/tests/test_cuda_attn_moe ) >> "$LOGS/build.log" 2>&1; then
         if grep -q nvcc "$LOGS/build.log" || [ -f build/model/cuda/ops_cuda.o ]; then
             row build ok "nvcc $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo '?'); $(grep -c 'warning' "$LOGS/build.log") warnings"
@@ -95,7 +95,7 @@ fi
 
 # ---------------------------------------------------------------------------- op tests
 if want test && [ $BUILD_OK = 1 ]; then
-    for t in test_cuda test_cuda_attn_moe; do
+    for t in test_cuda test_cuda_attn_moe test_cuda_model; do
         [ -x build/tests/$t ] || continue
         T=$(limit 20 150)
         if [ -z "$T" ]; then row "$t" SKIP "no time left"; continue; fi

@@ -48,6 +48,8 @@ for t in $TESTS; do
     g++ $SAN -fopenmp $B/t_$t.o "${CU_OBJ[@]}" $B/r_emu_runtime.o "${C_OBJ[@]}" \
         -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/$t
     echo "==== $t (CPU emulation of the CUDA backend)"
-    OMP_NUM_THREADS=1 $B/$t || rc=1
+    # the whole-model test at an emulation-sized batch (its defaults are for a GPU): ~2 minutes on 2 cores
+    TEST_CUDA_MODEL_B=${TEST_CUDA_MODEL_B:-2} TEST_CUDA_MODEL_T=${TEST_CUDA_MODEL_T:-32} \
+    TEST_CUDA_MODEL_STEPS=${TEST_CUDA_MODEL_STEPS:-6} OMP_NUM_THREADS=1 $B/$t || rc=1
 done
 exit $rc
