@@ -623,9 +623,10 @@ int main(int argc, char** argv) {
     printf("data: %d train shard(s), %llu tokens, %zu windows; val %s; tokenizer %s\n", train.n_shards,
            (unsigned long long)dataloader_total_tokens(&train), train.n_windows,
            have_val ? "yes" : "none", tok.loaded ? flags.tokenizer : "(none: samples print token ids)");
-    printf("MFU peak: %.1f GFLOP/s (%s%s; OpenBLAS %s kernels)\n", peak,
+    // the OpenBLAS kernel set matters only where OpenBLAS does the model's work
+    printf("MFU peak: %.1f GFLOP/s (%s%s%s%s%s)\n", peak,
            flags.peak_gflops > 0 ? "--peak-gflops" : on_gpu ? "H100/H200 SXM bf16 dense peak per GPU" : "measured 1024^3 sgemm, this machine",
-           world > 1 ? ", summed over the ranks" : "", openblas_get_corename());
+           world > 1 ? ", summed over the ranks" : "", on_gpu ? "" : "; OpenBLAS ", on_gpu ? "" : openblas_get_corename(), on_gpu ? "" : " kernels");
     printf("run directory %s%s\n", out_dir, resume_step >= 0 ? " (resumed)" : "");
     if (flags.replay) {
         printf("replaying steps %d..%d from %s with full telemetry into %s/replay_%d_%d.jsonl\n", replay_from + 1,

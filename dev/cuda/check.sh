@@ -7,7 +7,7 @@
 # Safe to rerun: make is incremental, the runs go to a fresh temporary folder, and the results file is new.
 #
 #   bash dev/cuda/check.sh                       # everything
-#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test parity nano small
+#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test parity trainer nano small
 #
 # On the device machine (see /work/.library/device/README.md), from this repo's root here:
 #   bash dev/cuda/fetch_debs.sh     # once: OpenBLAS .debs, in case the GPU image has no OpenBLAS (no network there)
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-450}))
-STAGES=${STAGES:-build test parity nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
+STAGES=${STAGES:-build test parity trainer nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
 STAMP=$(date -u +%Y-%m-%d_%H%M)
 W=$(mktemp -d /tmp/train_moe_cuda.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -52,7 +52,7 @@ case "$GPU" in *PCIe*) PEAK_GFLOPS=756000 ;; esac
 
 # ---------------------------------------------------------------------------- build
 MAKEVARS=()
-if want build || want test || want parity || want nano || want small; then
+if want build || want test || want parity || want trainer || want nano || want small; then
     # OpenBLAS for the CPU side: the system's, else the carried .debs unpacked into a private root
     if [ ! -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; then
         if ls .debs/*.deb >/dev/null 2>&1; then
@@ -177,6 +177,21 @@ PY
             tail -n 5 "$LOGS/par_cpu.log" "$LOGS/par_gpu.log"
             row "cpu vs cuda losses (k2-nano, 3 steps)" FAIL "exit cpu $rc_c, cuda $rc_g (see par_*.log)"
         fi
+    fi
+fi
+
+if want trainer && [ $BUILD_OK = 1 ]; then
+    # the trainer end to end on the GPU vs the CPU (AdamW and Muon, validation), and resume on the GPU
+    T=$(limit 30 120)
+    if [ -z "$T" ]; then row "trainer cuda vs cpu, resume" SKIP "no time left"
+    else
+        say "trainer_check (timeout ${T}s)"
+        timeout "$T" bash dev/cuda/trainer_check.sh ./train_moe > "$LOGS/trainer_check.log" 2>&1
+        rc=$?
+        grep -E '^FAIL' "$LOGS/trainer_check.log" | head -n 10
+        summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/trainer_check.log" | tail -n 1)
+        if [ $rc -eq 0 ]; then row "trainer cuda vs cpu, resume (k2-l1)" ok "$summary"
+        else row "trainer cuda vs cpu, resume (k2-l1)" FAIL "exit $rc; ${summary:-no summary} (see trainer_check.log)"; fi
     fi
 fi
 

@@ -7,7 +7,10 @@
 # documented; alignment and type table checked). This is verification of the kernels' logic (indexing, barriers,
 # reductions, the op table, model.c's bf16 path), not of the GPU's arithmetic or speed.
 #
-#   bash dev/cuda/emu/run.sh                 # all three tests
+# and the whole trainer (train_moe.c with comm/comm_cuda.c's host-staged path) linked against the emulated backend,
+# run by dev/cuda/trainer_check.sh: --device cuda vs --device cpu, and resume on the device.
+#
+#   bash dev/cuda/emu/run.sh                 # all: test_cuda test_cuda_attn_moe test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
 # EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default
 # /tmp/train_moe_emu) keeps the objects; the .cu objects are rebuilt when their source or a header changes. Needs g++ (C++20) and OpenBLAS (for the CPU backend the tests compare against).
@@ -18,8 +21,8 @@ B=${EMU_BUILD:-/tmp/train_moe_emu}
 mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
-SAN="-O2"
-TESTS=${*:-test_cuda test_cuda_attn_moe test_cuda_model}
+SAN="-O2"  # optimisation (and any sanitizer flags) for every object
+TESTS=${*:-test_cuda test_cuda_attn_moe test_cuda_model trainer}
 # the backend's .cu files as host C++ (launch syntax and dynamic shared memory rewritten), compiled when changed
 CU_OBJ=()
 for f in ops_cuda dense attention moe optim; do
@@ -32,21 +35,36 @@ for f in ops_cuda dense attention moe optim; do
     CU_OBJ+=($B/r_$f.o)
 done
 g++ -std=c++20 $SAN -g -I$PWD/include -I$OBI -w -c emu_runtime.cpp -o $B/r_emu_runtime.o
-# the CPU side, one process (no MPI, no NCCL): built here so the build/ flags do not matter
+g++ -std=c++20 $SAN -g -fpermissive -I$PWD/include -I$R -w -DCOMM_CUDA -c comm_cuda_emu.cpp -o $B/r_comm_cuda.o
+CU_OBJ+=($B/r_emu_runtime.o $B/r_comm_cuda.o)
+# the CPU side, one process (no MPI; device buffers through comm_cuda.c's host-staged path, as a build without
+# NCCL): built here so the build/ flags do not matter
 C_SRC="common.c model/config.c model/params.c model/model.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
        model/cpu/moe.c model/cpu/optim.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c comm/comm.c"
 C_OBJ=()
 for f in $C_SRC; do
     o=$B/c_$(echo $f | tr / _ | sed 's/\.c$/.o/')
-    gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c $R/$f -o $o
+    gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -DCOMM_CUDA -c $R/$f -o $o
     C_OBJ+=($o)
 done
+link() { g++ $SAN -fopenmp "$@" "${CU_OBJ[@]}" "${C_OBJ[@]}" -L$OB -Wl,-rpath,$OB -lopenblas -lm; }
 rc=0
 for t in $TESTS; do
+    if [ $t = trainer ]; then
+        T_OBJ=()
+        for f in train_moe.c data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c; do
+            o=$B/c_$(echo $f | tr / _ | sed 's/\.c$/.o/')
+            gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -DCOMM_CUDA -c $R/$f -o $o
+            T_OBJ+=($o)
+        done
+        link "${T_OBJ[@]}" -o $B/train_moe
+        echo "==== trainer (train_moe on the CPU emulation of the CUDA backend)"
+        OMP_NUM_THREADS=1 bash $R/dev/cuda/trainer_check.sh $B/train_moe || rc=1
+        continue
+    fi
     [ -f $R/tests/$t.c ] || { echo "emu: no tests/$t.c"; exit 2; }
     gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c $R/tests/$t.c -o $B/t_$t.o
-    g++ $SAN -fopenmp $B/t_$t.o "${CU_OBJ[@]}" $B/r_emu_runtime.o "${C_OBJ[@]}" \
-        -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/$t
+    link $B/t_$t.o -o $B/$t
     echo "==== $t (CPU emulation of the CUDA backend)"
     # the whole-model test at an emulation-sized batch (its defaults are for a GPU): ~2 minutes on 2 cores
     TEST_CUDA_MODEL_B=${TEST_CUDA_MODEL_B:-2} TEST_CUDA_MODEL_T=${TEST_CUDA_MODEL_T:-32} \
