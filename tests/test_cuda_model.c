@@ -8,23 +8,28 @@
 // outputs differ by a few tenths of a percent and the gradients, which go through the same ops backwards plus
 // the router's top-k, by a few percent. The tolerances (below, with the margins measured) are chosen between that
 // and what a real bug gives: the same comparison against the gradient of a *different* batch (a negative control,
-// run here) is 60-120% off, and a wrong index, transpose or missing term in any op is O(1) in its tensor.
+// run here) is 8-80x further off, and a wrong index, transpose or missing term in any op is O(1) in its tensor.
 //
-// Tolerances (measured values: under dev/cuda/emu, k2-nano, B=2 T=32, 6 steps; the emulator rounds exactly as the
-// GPU does, only its fp32 summation order differs):
-//   loss (cross-entropy), balance loss: 1e-2 relative (measured 4e-5).
-//   routing: at most 3% of the N*K top-8 choices differ (measured 1%: near-ties among 384 sigmoid scores).
-//   gradients, per tensor, ||g_gpu - g_cpu|| / ||g_cpu||: 0.1 for the tensors routing does not select (measured
-//     0.008-0.036); for the router and the experts 0.05 + 1.5 sqrt(2 f), f the fraction of flipped choices just
-//     measured (measured 0.09-0.13 at f = 1%, tolerance 0.26): a flipped choice moves a whole token's contribution
-//     from one expert's rows to another's, so these tensors differ by ~sqrt(2 f) even when every op is exact.
-//     The same comparison against another batch's gradient (the negative control) must be >= 0.5 (measured 0.6-1.2).
+// Tolerances (measured under dev/cuda/emu, which rounds exactly as the GPU does and differs only in its fp32
+// summation order; "small" = k2-nano B=2 T=32 6 steps, as make test runs it; "GPU size" = the defaults below):
+//   loss (cross-entropy), balance loss: 1e-2 relative (measured 3e-5 at both sizes).
+//   routing: at most 3% of the N*K top-8 choices differ (measured 1.0% small, 0.6% GPU size: near-ties among 384
+//     sigmoid scores).
+//   gradients, per tensor, r = ||g_gpu - g_cpu|| / ||g_cpu||: r <= 0.1 for the tensors routing does not select
+//     (measured 0.008-0.036 small, 0.003-0.013 GPU size); for the router and the experts r <= 0.05 + 1.5 sqrt(2 f),
+//     f the fraction of flipped choices just measured (measured 0.09-0.13 at f = 1%, 0.03 at f = 0.6%): a flipped
+//     choice moves a whole token's contribution from one expert's rows to another's, so these tensors differ by
+//     ~sqrt(2 f) even when every op is exact. Negative control: the same distance to another batch's gradient
+//     (same data distribution, so legitimately similar) must be at least 4 r (measured >= 8 r at both sizes;
+//     0.24-1.2 in absolute terms).
 //   max logits per (layer, head): 3e-2 relative (measured 6e-3).
-//   training losses, per step: MuonClip 2e-2 relative (measured 7e-4); AdamW 5e-2 (measured 1.9e-2: Adam divides
-//     by sqrt(v), so in the first steps every element moves by ~lr whatever its gradient's size, and the sign of
-//     the tiny gradients, which bf16 rounding flips, decides the direction). Both runs must learn (last loss
-//     < 0.8x the first). The updates (final - start weights): MuonClip ||du|| / ||du_cpu|| <= 0.25 (measured
-//     0.08); AdamW cosine(du_gpu, du_cpu) >= 0.8 (measured 0.94).
+//   training losses, per step: MuonClip 2e-2 relative (measured 7e-4 small, 3.3e-3 over 20 GPU-size steps);
+//     AdamW 5e-2 (measured 1.9e-2 small, 9.8e-3 GPU size: Adam divides by sqrt(v), so in the first steps every
+//     element moves by ~lr whatever its gradient's size, and the sign of the tiny gradients, which bf16 rounding
+//     flips, decides the direction). Both runs must learn (last loss < 0.8x the first). The updates (final -
+//     start weights): MuonClip ||du_gpu - du_cpu|| / ||du_cpu|| <= 0.35 (measured 0.08 small, 0.17 GPU size: the
+//     trajectories separate slowly over the steps; two uncorrelated updates of equal size are sqrt(2) apart);
+//     AdamW cosine(du_gpu, du_cpu) >= 0.8 (measured 0.94 at both).
 //   determinism: two GPU runs from the same weights on the same batches give bit-identical losses and weights
 //     (every kernel of the backend is deterministic: fixed-tree reductions, no float atomics, cuBLAS on one stream
 //     with a fixed workspace; model/cuda/*.cu say so per file).
@@ -149,8 +154,8 @@ static void test_forward_backward(void) {
           LH, wm, at / cfg.n_heads, at % cfg.n_heads, g.maxlogit[at], c.maxlogit[at]);
     ParamTensor layout[NUM_PARAM_TENSORS];
     param_layout(&cfg, cfg.n_experts, layout);
-    double worst = 0.0, worst_neg = 1e30;
-    const char *worst_name = "", *neg_name = "";
+    double worst = 0.0, min_ratio = 1e30;
+    const char *worst_name = "", *ratio_name = "";
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor* p = &layout[t];
         if (!p->numel) continue;
@@ -158,13 +163,13 @@ static void test_forward_backward(void) {
         double tol = routed ? 0.05 + 1.5 * sqrt(2.0 * flip) : 0.1;
         double r = rel_l2_ff(g.grads + p->offset, c.grads + p->offset, p->numel);
         double neg = rel_l2_ff(c2.grads + p->offset, c.grads + p->offset, p->numel);
-        check(r <= tol && neg >= 0.5, "grad %-12s (%9zu): ||gpu-cpu||/||cpu|| = %.4f (tol %.2f%s); another batch's: %.3f (>= 0.5)",
-              p->name, p->numel, r, tol, routed ? ", routed" : "", neg);
+        check(r <= tol && neg >= 4.0 * r, "grad %-12s (%9zu): ||gpu-cpu||/||cpu|| = %.4f (tol %.2f%s); another batch's: %.3f (%.0fx, >= 4x)",
+              p->name, p->numel, r, tol, routed ? ", routed" : "", neg, neg / fmax(r, 1e-30));
         if (r > worst) { worst = r; worst_name = p->name; }
-        if (neg < worst_neg) { worst_neg = neg; neg_name = p->name; }
+        if (neg / fmax(r, 1e-30) < min_ratio) { min_ratio = neg / fmax(r, 1e-30); ratio_name = p->name; }
     }
-    printf("     worst gradient tensor %s at %.4f; closest unrelated gradient (%s) %.3f: %.0fx apart\n", worst_name,
-           worst, neg_name, worst_neg, worst_neg / fmax(worst, 1e-12));
+    printf("     worst gradient tensor %s at %.4f; smallest margin to another batch's gradient: %.1fx (%s)\n",
+           worst_name, worst, min_ratio, ratio_name);
 
     fwd_bwd_free(&g); fwd_bwd_free(&c); fwd_bwd_free(&c2);
 }
@@ -243,7 +248,7 @@ static void compare_runs(const char* what, int adamw, const Run* g, const Run* c
         check(cosine >= 0.8, "%s: cosine(update_gpu, update_cpu) = %.3f over all weights (>= 0.8; ||diff||/||cpu|| %.3f)",
               what, cosine, r);
     else
-        check(r <= 0.25, "%s: ||update_gpu - update_cpu|| / ||update_cpu|| = %.3f over all weights (tol 0.25)", what, r);
+        check(r <= 0.35, "%s: ||update_gpu - update_cpu|| / ||update_cpu|| = %.3f over all weights (tol 0.35)", what, r);
 }
 
 static void test_training(void) {
