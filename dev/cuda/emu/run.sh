@@ -1,23 +1,23 @@
 #!/bin/bash
-# Runs the CUDA tests (tests/test_cuda.c, test_cuda_attn_moe.c, test_cuda_model.c) on the CPU against the real
-# kernels and op table of model/cuda/*.cu, emulated: blocks in sequence, a block's threads as fibers switched at
-# every barrier (include/cuda_runtime.h says how missing barriers are caught), warp shuffles and __match_any_sync
-# through a per-warp exchange, cuBLAS
-# GemmEx / GemmGroupedBatchedEx / SgemmStridedBatched and CUB's radix sort on the host (column-major, as
-# documented; alignment and type table checked). This is verification of the kernels' logic (indexing, barriers,
-# reductions, the op table, model.c's bf16 path), not of the GPU's arithmetic or speed.
-#
-# and the whole trainer (train_moe.c with comm/comm_cuda.c's host-staged path) linked against the emulated backend,
-# run by dev/cuda/trainer_check.sh: --device cuda vs --device cpu, and resume on the device.
+# Runs the CUDA tests (tests/test_cuda.c, test_cuda_attn_moe.c, test_cuda_model.c) and the whole trainer
+# (train_moe.c, with comm/comm_cuda.c's host-staged path; checked by dev/cuda/trainer_check.sh: --device cuda vs
+# --device cpu, and resume on the device) on the CPU, against the real kernels and op table of model/cuda/*.cu,
+# emulated: blocks in sequence, a block's threads as fibers switched at every barrier (include/cuda_runtime.h says
+# how missing barriers are caught), warp shuffles and __match_any_sync through a per-warp exchange, cuBLAS GemmEx /
+# GemmGroupedBatchedEx / SgemmStridedBatched and CUB's radix sort on the host (column-major, as documented;
+# alignment and type table checked). This verifies the kernels' logic (indexing, barriers, reductions, the op
+# table, model.c's bf16 path), not the GPU's arithmetic, memory model or speed.
 #
 #   bash dev/cuda/emu/run.sh                 # all: test_cuda test_cuda_attn_moe test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
-# EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default
-# /tmp/train_moe_emu) keeps the objects; the .cu objects are rebuilt when their source or a header changes. Needs g++ (C++20) and OpenBLAS (for the CPU backend the tests compare against).
+#
+# EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default build/emu) keeps
+# the objects; the .cu objects are rebuilt when their source or a header changes. Needs g++ (C++20), python3 and
+# OpenBLAS (for the CPU backend the tests compare against).
 set -e
 cd "$(dirname "$0")"
 R=$(cd ../../.. && pwd)
-B=${EMU_BUILD:-/tmp/train_moe_emu}
+B=${EMU_BUILD:-$R/build/emu}
 mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
