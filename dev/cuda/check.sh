@@ -186,7 +186,10 @@ if want trainer && [ $BUILD_OK = 1 ]; then
     if [ -z "$T" ]; then row "trainer cuda vs cpu, resume" SKIP "no time left"
     else
         say "trainer_check (timeout ${T}s)"
-        timeout "$T" bash dev/cuda/trainer_check.sh ./train_moe > "$LOGS/trainer_check.log" 2>&1
+        # 2 ranks sharing the GPU as well, when the binary has MPI and mpirun is there
+        MPI_ARG=""
+        grep -q USE_MPI build/.flags 2>/dev/null && command -v mpirun > /dev/null && MPI_ARG=--mpi
+        timeout "$T" bash dev/cuda/trainer_check.sh ./train_moe $MPI_ARG > "$LOGS/trainer_check.log" 2>&1
         rc=$?
         grep -E '^FAIL' "$LOGS/trainer_check.log" | head -n 10
         summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/trainer_check.log" | tail -n 1)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# dev/cuda/trainer_check.sh TRAINER: the whole trainer on the CUDA backend against the CPU backend, end to end
-# through the binary (flags, data, validation, checkpoints): the same 4 steps of k2-l1 under AdamW and under Muon
-# on each device, and a CUDA run cut back to its step-2 checkpoint and resumed. Run by dev/cuda/emu/run.sh with the
+# dev/cuda/trainer_check.sh TRAINER [--mpi]: the whole trainer on the CUDA backend against the CPU backend, end to
+# end through the binary (flags, data, validation, checkpoints): the same 4 steps of k2-l1 under AdamW and under
+# Muon on each device, and a CUDA run cut back to its step-2 checkpoint and resumed. With --mpi (TRAINER built with
+# MPI, mpirun present): the same global batch on 1 rank and on 2 ranks (data parallel, and --ep 2) with --device
+# cuda, through comm/comm_cuda.c (NCCL, or host staging when the ranks share a GPU or NCCL is absent). Run by dev/cuda/emu/run.sh with the
 # emulated trainer (no GPU needed) and by dev/cuda/check.sh with ./train_moe on a GPU. Prints PASS/FAIL lines and
 # "N passed, N failed"; exits non-zero on a failure.
 #
-# Tolerances: step and validation losses within 2e-3 relative (bf16 activations on the GPU side: the model test,
+# Tolerances: step and validation losses within 2e-3 relative (also between 1 and 2 ranks) (bf16 activations on the GPU side: the model test,
 # tests/test_cuda_model.c, measures ~1e-4 at this size over a few steps); resume: losses, every log record and the
 # final model file identical to the straight run (the backend is deterministic and checkpoints hold fp32 masters).
 set -u
 TRAINER=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+WANT_MPI=${2:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/train_moe_trainer_check.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -70,6 +73,38 @@ if [ -f "$ref/model_00000004.bin" ]; then
     else bad "trainer cuda resume: model_00000004.bin differs from the straight run's"; fi
 else
     bad "trainer cuda resume: the straight run left no step-4 checkpoint"
+fi
+# several ranks on the device: the same global batch (2 micro-batches of 2 x 64) on 1 rank, 2 ranks, 2 ranks --ep 2
+if [ "$WANT_MPI" = --mpi ]; then
+    if ! command -v mpirun > /dev/null; then
+        bad "trainer --mpi: mpirun is not installed"
+    else
+        export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
+        MPI=(--optim muon --total-batch 256 --threads 1 --ckpt-every 0)
+        # --val-batches counts each rank's micro-batches: 1 rank validates on 2 to cover the same windows as 2 x 1
+        run "$W/r1" cuda "${MPI[@]}" --val-batches 2; rc1=$?
+        for v in "dp:" "ep2:--ep 2"; do
+            name=${v%%:*}; extra=${v#*:}
+            # run() with mpirun in front: the same flags, 2 ranks
+            timeout 900 mpirun --oversubscribe --mca btl self,vader -np 2 "$TRAINER" --device cuda --model k2-l1 \
+                --train-data "$W/data.bin" --val-data "$W/data.bin" --val-every 2 --val-batches 1 \
+                --tokenizer "$W/none.bin" --sample-every 0 --out "$W/r2_$name" --seed 1 --steps 4 --batch-size 2 \
+                --seq-len 64 --lr 3e-3 --warmup 1 "${MPI[@]}" $extra > "$W/r2_$name.log" 2>&1
+            rc2=$?
+            if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then
+                bad "trainer cuda 2 ranks ($name): exit 1 rank $rc1, 2 ranks $rc2: $(tail -n 1 "$W/r2_$name.log")"; continue
+            fi
+            path="comm path not printed"
+            grep -q "^comm: NCCL" "$W/r2_$name.log" && path="over NCCL"
+            grep -q "^comm: GPU buffers are staged" "$W/r2_$name.log" && path="staged through host memory"
+            for kind in "step loss" "val val_loss"; do
+                set -- $kind
+                field "$W/r1/log.jsonl" $1 $2 > "$W/a"; field "$W/r2_$name/log.jsonl" $1 $2 > "$W/b"
+                if msg=$(close "$W/b" "$W/a"); then ok "trainer cuda Muon, 1 rank vs 2 ranks ($name) $2: $msg (tol 2e-3; $path)"
+                else bad "trainer cuda 1 vs 2 ranks ($name) $2: $msg"; fi
+            done
+        done
+    fi
 fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

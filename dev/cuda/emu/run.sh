@@ -51,15 +51,20 @@ link() { g++ $SAN -fopenmp "$@" "${CU_OBJ[@]}" "${C_OBJ[@]}" -L$OB -Wl,-rpath,$O
 rc=0
 for t in $TESTS; do
     if [ $t = trainer ]; then
+        # with Open MPI's compilers (as make builds it): the trainer also runs on 2 ranks sharing the emulated GPU
+        CC_T=gcc; CXX_T=g++; MPI_DEF=""; MPI_ARG=""
+        if command -v mpicc > /dev/null && command -v mpicxx > /dev/null && command -v mpirun > /dev/null; then
+            CC_T=mpicc; CXX_T=mpicxx; MPI_DEF=-DUSE_MPI; MPI_ARG=--mpi
+        fi
         T_OBJ=()
-        for f in train_moe.c data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c; do
-            o=$B/c_$(echo $f | tr / _ | sed 's/\.c$/.o/')
-            gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -DCOMM_CUDA -c $R/$f -o $o
+        for f in $C_SRC train_moe.c data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c; do
+            o=$B/t_$(echo $f | tr / _ | sed 's/\.c$/.o/')
+            $CC_T $SAN -g -std=gnu11 -fopenmp -w -I$OBI -DCOMM_CUDA $MPI_DEF -c $R/$f -o $o
             T_OBJ+=($o)
         done
-        link "${T_OBJ[@]}" -o $B/train_moe
-        echo "==== trainer (train_moe on the CPU emulation of the CUDA backend)"
-        OMP_NUM_THREADS=1 bash $R/dev/cuda/trainer_check.sh $B/train_moe || rc=1
+        $CXX_T $SAN -fopenmp "${T_OBJ[@]}" "${CU_OBJ[@]}" -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/train_moe
+        echo "==== trainer (train_moe on the CPU emulation of the CUDA backend${MPI_ARG:+, 1 and 2 ranks})"
+        OMP_NUM_THREADS=1 bash $R/dev/cuda/trainer_check.sh $B/train_moe $MPI_ARG || rc=1
         continue
     fi
     [ -f $R/tests/$t.c ] || { echo "emu: no tests/$t.c"; exit 2; }
