@@ -102,6 +102,7 @@ static float* grad_sized_init(size_t n, double gmax) { return randf(n, (float)(g
 // N rows of K distinct experts in [0, E), ascending, drawn with a skew (low ids popular, some experts never chosen
 // when E is large enough) so the dispatch sees empty, small and large groups
 static int* random_sel(int N, int K, int E) {
+    if (K > E) fatal("random_sel: K = %d distinct experts out of E = %d", K, E);
     int* sel = xmalloc((size_t)N * K * sizeof(int) + 4);
     int banned = E >= K + 4 ? E / 3 : -1;  // one expert nobody picks
     for (int n = 0; n < N; n++) {
@@ -616,6 +617,9 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
     snprintf(shape, sizeof(shape), "N=%d K=%d E=%d d=%d f=%d [%s]", N, K, E, d, f, mode);
     if (!strcmp(mode, "loop")) setenv("TRAIN_MOE_EXPERT_GEMM", "loop", 1);
     else unsetenv("TRAIN_MOE_EXPERT_GEMM");
+    // "dwkernel": the weight gradients through our grouped kernel instead of the per-expert cuBLAS loop
+    if (!strcmp(mode, "dwkernel")) setenv("TRAIN_MOE_EXPERT_DW", "kernel", 1);
+    else unsetenv("TRAIN_MOE_EXPERT_DW");
     const size_t NK = (size_t)N * K, n13 = NK * 2 * f, nh = NK * f, nx = NK * d;
     int* sel = random_sel(N, K, E);
     int* off = xmalloc((E + 1) * sizeof(int));
@@ -745,6 +749,7 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
         free(a2); free(b2); free(c2);
     }
     unsetenv("TRAIN_MOE_EXPERT_GEMM");
+    unsetenv("TRAIN_MOE_EXPERT_DW");
     gpu->free(doff); gpu->free(dxe); gpu->free(dw13); gpu->free(dw2); gpu->free(dye); gpu->free(dh13); gpu->free(dha);
     gpu->free(dgy); gpu->free(dg13); gpu->free(dg2); gpu->free(ddxe); gpu->free(ddh13); gpu->free(ddha);
     free(sel); free(off); free(row); free(tok); free(load); free(xe); free(w13); free(w2); free(ye_c); free(h13_c);
@@ -777,6 +782,8 @@ static void t_experts(void) {
     test_experts(200, 6, 12, 48, 24, "loop");     // the same through the per-expert loop
     test_experts(150, 4, 10, 36, 20, "grouped");  // d % 8 != 0: falls back to the loop
     test_experts(128, 8, 384, 64, 32, "grouped"); // E = 384, most experts with a few rows, some empty
+    test_experts(128, 8, 384, 64, 32, "dwkernel"); // the same, weight gradients by expert_dw_kernel
+    test_experts(300, 4, 9, 45, 19, "dwkernel");  // odd sizes: partial 32x32 tiles, experts with > 32 rows
 }
 
 int main(void) {

@@ -22,8 +22,11 @@
 //   - the bf16-output GEMMs (h13, ye forward; dhact, dxe backward) go to cublasGemmGroupedBatchedEx (one call per
 //     GEMM over all non-empty experts; pointer arrays on the device), falling back to a per-expert cublasGemmEx
 //     loop if grouped GEMM is refused or the pointers are not aligned as it requires;
-//   - the weight-gradient GEMMs (dw13, dw2 +=, fp32 output) are a per-expert cublasGemmEx loop: cuBLAS's grouped
-//     GEMM has no bf16-input / fp32-output combination. A custom grouped kernel is the later optimisation.
+//   - the weight-gradient GEMMs (dw13, dw2 +=, fp32 output) are a per-expert cublasGemmEx loop (cuBLAS's grouped
+//     GEMM has no bf16-input / fp32-output combination): ~2 x 384 calls per MoE layer, launch-bound at small
+//     batches. TRAIN_MOE_EXPERT_DW=kernel uses our one-launch grouped kernel instead (expert_dw_kernel: fp32 CUDA
+//     cores, 32x32 output tiles, rows summed in order); which is faster depends on the sizes and is for
+//     dev/cuda/check.sh to measure before it becomes the default.
 //   TRAIN_MOE_EXPERT_GEMM=loop forces the per-expert loop for every expert GEMM.
 //   SwiGLU (forward and backward) runs once over all routed rows.
 // Determinism: every kernel here is deterministic (no float atomics; integer atomics only for counts); cuBLAS GEMMs
@@ -64,6 +67,11 @@ static GemmProb prob(int ta, int tb, int M, int N, int K, int lda, int ldb, int 
 static int expert_gemm_loop_forced(void) {
     const char* v = getenv("TRAIN_MOE_EXPERT_GEMM");
     return v && strcmp(v, "loop") == 0;
+}
+
+static int expert_dw_kernel_chosen(void) {
+    const char* v = getenv("TRAIN_MOE_EXPERT_DW");
+    return v && strcmp(v, "kernel") == 0;
 }
 
 static int grouped_gemm_ok = 1;  // cleared (with one note on stderr) the first time cuBLAS refuses grouped GEMM
@@ -676,6 +684,48 @@ extern "C" void cuda_moe_experts_forward(void* ye, void* h13, void* hact, const 
     free(g2);
 }
 
+// The experts' weight gradients in one launch: out[e] (P,Q) fp32 row-major += A_e^T B_e, where A_e and B_e are rows
+// [offsets[e], offsets[e+1]) of A (rows of P bf16) and B (rows of Q). Block (x, y, e) owns a 32x32 tile of out[e]:
+// 32-row slabs of A_e and B_e go through shared memory (fp32), each thread accumulates 4 outputs over the rows in
+// order, then adds them once. Deterministic; experts without rows return at once (their gradient is unchanged).
+#define DW_TILE 32
+__global__ void expert_dw_kernel(float* __restrict__ out, const bf16* __restrict__ A, const bf16* __restrict__ B,
+                                 const int* __restrict__ offsets, int P, int Q) {
+    const int e = blockIdx.z;
+    const int r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n <= 0) return;  // uniform over the block: no thread is left waiting at a barrier
+    __shared__ float As[DW_TILE][DW_TILE + 1], Bs[DW_TILE][DW_TILE + 1];
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 8 warps: ty owns rows ty, ty+8, ty+16, ty+24
+    const int p0 = blockIdx.y * DW_TILE, q0 = blockIdx.x * DW_TILE;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int r = 0; r < n; r += DW_TILE) {
+        for (int i = ty; i < DW_TILE; i += 8) {
+            const int row = r + i;
+            const size_t g = (size_t)r0 + row;
+            As[i][tx] = row < n && p0 + tx < P ? bf2f(A[g * P + p0 + tx]) : 0.0f;
+            Bs[i][tx] = row < n && q0 + tx < Q ? bf2f(B[g * Q + q0 + tx]) : 0.0f;
+        }
+        __syncthreads();
+        for (int k = 0; k < DW_TILE; k++) {
+            const float b = Bs[k][tx];
+            for (int i = 0; i < 4; i++) acc[i] += As[k][ty + 8 * i] * b;
+        }
+        __syncthreads();  // the slab is read before the next one overwrites it
+    }
+    float* o = out + (size_t)e * P * Q;
+    for (int i = 0; i < 4; i++) {
+        const int pp = p0 + ty + 8 * i, qq = q0 + tx;
+        if (pp < P && qq < Q) o[(size_t)pp * Q + qq] += acc[i];
+    }
+}
+
+static void expert_dw(float* out, const bf16* A, const bf16* B, const int* offsets, int E, int P, int Q) {
+    if (E > 65535) fatal("moe experts: %d experts exceed the grid's z limit", E);
+    dim3 grid(ceil_div_u(Q, DW_TILE), ceil_div_u(P, DW_TILE), (unsigned)E);
+    expert_dw_kernel<<<grid, 256, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    cudaCheckLaunch();
+}
+
 extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, void* dh13, void* dhact, const void* dye,
                                           const void* xe, const void* h13, const void* hact, const void* w13,
                                           const void* w2, const int* offsets, int E, int d, int f) {
@@ -703,13 +753,18 @@ extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, vo
     }
     const size_t r0 = (size_t)off[0], rows = (size_t)(off[E] - off[0]);
     gemm_many(g_dh, cnt, 0.0f, CUDA_R_16BF, 0);
-    gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F, 1);  // per-expert loop (no grouped bf16 -> fp32)
+    const int dw_kernel = expert_dw_kernel_chosen();
+    // dW2[e] (d,f) += dY_e^T hact_e
+    if (dw_kernel) expert_dw(dw2, dY, HA, offsets, E, d, f);
+    else gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F, 1);  // per-expert loop (no grouped bf16 -> fp32)
     if (rows > 0) {
         moe_swiglu_bwd_kernel<<<grid_for(rows * f, 256), 256, 0, cuda_stream>>>(dH13 + r0 * 2 * f, dH + r0 * f,
                                                                                H13 + r0 * 2 * f, rows, f);
         cudaCheckLaunch();
     }
     gemm_many(g_dx, cnt, 0.0f, CUDA_R_16BF, 2);
-    gemm_many(g_dw13, cnt, 1.0f, CUDA_R_32F, 3);
+    // dW13[e] (2f,d) += dH13_e^T xe_e
+    if (dw_kernel) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d);
+    else gemm_many(g_dw13, cnt, 1.0f, CUDA_R_32F, 3);
     free(g);
 }
