@@ -64,7 +64,8 @@ for t in $TESTS; do
         done
         $CXX_T $SAN -fopenmp "${T_OBJ[@]}" "${CU_OBJ[@]}" -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/train_moe
         echo "==== trainer (train_moe on the CPU emulation of the CUDA backend${MPI_ARG:+, 1 and 2 ranks})"
-        OMP_NUM_THREADS=1 bash $R/dev/cuda/trainer_check.sh $B/train_moe $MPI_ARG || rc=1
+        OMP_NUM_THREADS=1 bash $R/dev/cuda/trainer_check.sh $B/train_moe $MPI_ARG 2>&1 | tee $B/out_$t.log
+        [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
         continue
     fi
     [ -f $R/tests/$t.c ] || { echo "emu: no tests/$t.c"; exit 2; }
@@ -73,6 +74,17 @@ for t in $TESTS; do
     echo "==== $t (CPU emulation of the CUDA backend)"
     # the whole-model test at an emulation-sized batch (its defaults are for a GPU): ~2 minutes on 2 cores
     TEST_CUDA_MODEL_B=${TEST_CUDA_MODEL_B:-2} TEST_CUDA_MODEL_T=${TEST_CUDA_MODEL_T:-32} \
-    TEST_CUDA_MODEL_STEPS=${TEST_CUDA_MODEL_STEPS:-6} OMP_NUM_THREADS=1 $B/$t || rc=1
+    TEST_CUDA_MODEL_STEPS=${TEST_CUDA_MODEL_STEPS:-6} OMP_NUM_THREADS=1 $B/$t 2>&1 | tee $B/out_$t.log
+    [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
 done
+# the total over the parts (tests/run_tests.sh reads this last summary line)
+P=0; F=0; S=0
+for t in $TESTS; do
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' $B/out_$t.log 2>/dev/null | tail -n 1 || true)
+    if [ -z "$line" ]; then echo "FAIL emu $t: no summary line"; F=$((F + 1)); rc=1; continue; fi
+    P=$((P + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
+    F=$((F + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+    S=$((S + $(echo "$line" | grep -oE '[0-9]+ skipped' | grep -oE '[0-9]+' || echo 0)))
+done
+echo "$P passed, $F failed, $S skipped"
 exit $rc
