@@ -750,20 +750,7 @@ int main(int argc, char** argv) {
                    step + 1, loss, z_loss, norm, z_norm, skip_update ? ", update skipped" : "", from, step + 1);
             fprintf(json_log, "{\"type\":\"spike\",\"step\":%d", step + 1);
             json_num(json_log, "loss", loss);
-            if (flags.profile) {
-            double p[PROF_N + 2];
-            for (int i = 0; i < PROF_N; i++) p[i] = model.prof_seconds[i];
-            p[PROF_N] = skip_update ? 0.0 : opt.ns_seconds;
-            p[PROF_N + 1] = skip_update ? 0.0 : opt.seconds - opt.ns_seconds;
-            fprintf(json_log, ",\"prof_ms\":{");
-            for (int i = 0; i < PROF_N + 2; i++) {
-                fprintf(json_log, "%s\"%s\":%.3f", i ? "," : "",
-                        i < PROF_N ? prof_names[i] : i == PROF_N ? "newton_schulz" : "optimizer_other", 1e3 * p[i]);
-                prof_total[i] += p[i];
-            }
-            fprintf(json_log, "}");
-        }
-        json_num(json_log, "loss_z", z_loss);
+            json_num(json_log, "loss_z", z_loss);
             json_num(json_log, "grad_norm", norm);
             json_num(json_log, "norm_z", z_norm);
             fprintf(json_log, ",\"action\":\"%s\",\"replay_from\":%d}\n", skip_update ? "skipped" : "logged", from);

@@ -2,7 +2,8 @@
 # tests/test_spikes.sh: the loss-spike lab's trainer side. An injected spike is detected (z-score against the
 # rolling window) and logged with the checkpoint to replay it from, which survives pruning; --skip-spikes keeps it
 # out of the weights; --replay re-runs the steps with full telemetry and the same losses; a NaN gradient never
-# reaches the weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights.
+# reaches the weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights; with
+# --profile the spike record holds only the event and the time summary counts each step once.
 #
 #   bash tests/test_spikes.sh [WORKDIR]
 set -u
@@ -120,5 +121,36 @@ if [ $rc -ne 0 ] && grep -q "non-finite steps in a row" "$K.err" && [ -n "$last"
 else
     fail "divergence stop: exit $rc, checkpoint '$last', $(oneline "$K.err")"
 fi
+
+# ---- 5. --profile with a spike: the spike record is only the event (its fields, no timings), and the summary's
+# per-category means are the means of the step records' timings (each step counted once)
+P=$W/profile
+timeout 120 $BIN "${RUN[@]}" --steps 30 --ckpt-every 0 --inject-spike 25 --profile --out "$P" > "$P.out" 2> "$P.err"
+rc=$?
+if msg=$("$PY" - "$P/log.jsonl" "$P.out" <<'PYEOF'
+import json, re, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+spikes = [r for r in recs if r["type"] == "spike"]
+want = {"type", "step", "loss", "loss_z", "grad_norm", "norm_z", "action", "replay_from"}
+if not spikes or any(set(r) != want for r in spikes):
+    print("spike records: %s" % [sorted(r) for r in spikes]); sys.exit(1)
+steps = [r for r in recs if r["type"] == "step"]
+cats = list(steps[0]["prof_ms"])
+summary = {}
+for line in open(sys.argv[2]):
+    m = re.match(r"\s+(\w+)\s+([0-9.]+) ms\s+[0-9.]+%$", line)
+    if m and m.group(1) in cats:
+        summary[m.group(1)] = float(m.group(2))
+bad = []
+for c in cats:
+    mean = sum(r["prof_ms"][c] for r in steps) / len(steps)
+    if c not in summary or abs(summary[c] - mean) > 0.006 + 1e-3 * mean:  # the summary prints 2 decimals
+        bad.append("%s summary %s vs mean of steps %.4f" % (c, summary.get(c), mean))
+if bad:
+    print("; ".join(bad)); sys.exit(1)
+print("%d spike record(s) with exactly %d fields; %d categories, summary = mean over %d steps" % (len(spikes), len(want), len(cats), len(steps)))
+PYEOF
+) && [ $rc -eq 0 ]; then pass "--profile with a spike at step 25: $msg"
+else fail "--profile with a spike (exit $rc): $msg $(oneline "$P.err")"; fi
 
 finish
