@@ -332,12 +332,12 @@ class Sweep:
 
     def nominal_runs(self):
         """(model, optim) of the runs still to do, assuming no grid extensions."""
-        todo = []
+        remaining = []
         for model in self.model_list():
             for optim in ("adamw", "muon"):
                 n_done = len([1 for r in self.load_results(model, optim) if r])
-                todo += [(model, optim)] * max(0, self.args.grid - n_done)
-        return todo
+                remaining += [(model, optim)] * max(0, self.args.grid - n_done)
+        return remaining
 
     def model_list(self):
         return [m.strip() for m in self.args.models.split(",") if m.strip()]

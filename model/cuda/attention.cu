@@ -32,8 +32,8 @@
 // Speed: the tile products are scalar fp32 FMAs from shared memory (no tensor cores) -- simple and exact, but an
 // order of magnitude below a tensor-core flash attention; an mma/WMMA version (or cuDNN) is the optimisation.
 //
-// Not done: the cuDNN fused-attention path (issue #5's second path) is not implemented; these kernels are the only
-// attention of the CUDA backend.
+// These kernels are the CUDA backend's only attention: the cuDNN fused-attention path that issue #5 also asks for
+// is not written (choosing and validating its engine configurations needs a GPU; see the README's CUDA section).
 #include "cuda_common.cuh"
 
 #define ATT_TILE 64
