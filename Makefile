@@ -116,6 +116,9 @@ build/model/cuda/%.o: model/cuda/%.cu $(CUDA_HEADERS) build/.flags | build/.deps
 train_moe: build/train_moe.o $(CORE_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+# the tests' own headers (test_util.h, cuda_test_util.h)
+$(TEST_BINS:%=%.o): $(wildcard tests/*.h)
+
 build/tests/%: build/tests/%.o $(CORE_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 

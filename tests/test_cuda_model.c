@@ -37,17 +37,10 @@
 // Sizes: TEST_CUDA_MODEL=<preset> (default k2-nano), TEST_CUDA_MODEL_B / _T / _STEPS (default 4 x 128, 20 steps;
 // dev/cuda/emu/run.sh uses a smaller batch and fewer steps). Without a GPU every group prints SKIP and the binary
 // exits 0.
+#include "cuda_test_util.h"
 #include "../model/model.h"
 #include "../optim/optim.h"
-#include "../common.h"
-#include "test_util.h"
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
-static const Ops* gpu = NULL;
-static const Ops* cpu = &ops_cpu;
 static ModelConfig cfg;
 static int B = 4, T = 128, STEPS = 20;
 static float* params0;  // the shared starting weights (global layout, host)
@@ -115,16 +108,6 @@ static void fwd_bwd(const Ops* ops, int batch_index, FwdBwd* out) {
 
 static void fwd_bwd_free(FwdBwd* f) { free(f->grads); free(f->maxlogit); free(f->load); }
 
-static double rel_l2_ff(const float* a, const float* b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static void test_forward_backward(void) {
     FwdBwd g, c, c2;
     fwd_bwd(gpu, 0, &g);
@@ -161,8 +144,8 @@ static void test_forward_backward(void) {
         if (!p->numel) continue;
         int routed = t == P_ROUTER || t == P_EXPERT_W13 || t == P_EXPERT_W2;
         double tol = routed ? 0.05 + 1.5 * sqrt(2.0 * flip) : 0.1;
-        double r = rel_l2_ff(g.grads + p->offset, c.grads + p->offset, p->numel);
-        double neg = rel_l2_ff(c2.grads + p->offset, c.grads + p->offset, p->numel);
+        double r = rel_l2f(g.grads + p->offset, c.grads + p->offset, p->numel);
+        double neg = rel_l2f(c2.grads + p->offset, c.grads + p->offset, p->numel);
         check(r <= tol && neg >= 4.0 * r, "grad %-12s (%9zu): ||gpu-cpu||/||cpu|| = %.4f (tol %.2f%s); another batch's: %.3f (%.0fx, >= 4x)",
               p->name, p->numel, r, tol, routed ? ", routed" : "", neg, neg / fmax(r, 1e-30));
         if (r > worst) { worst = r; worst_name = p->name; }
@@ -292,8 +275,7 @@ int main(void) {
     STEPS = env_int("TEST_CUDA_MODEL_STEPS", STEPS);
     gpu = ops_cuda_get();
     if (!gpu) {
-        const char* why = ops_cuda_unavailable_reason();
-        const char* reason = ops_cuda_built() ? (why ? why : "no usable GPU") : "CUDA backend not built (no nvcc, or make CUDA=0)";
+        const char* reason = cuda_skip_reason();
         skip("cuda whole model, forward/backward vs cpu: %s", reason);
         skip("cuda whole model, training vs cpu and determinism: %s", reason);
         return tests_summary();
@@ -301,11 +283,10 @@ int main(void) {
     if (!config_from_preset(&cfg, preset)) fatal("TEST_CUDA_MODEL=%s is not a preset", preset);
     if (B < 1 || T < 2 || T > cfg.seq_len || STEPS < 2)
         fatal("TEST_CUDA_MODEL_B/_T/_STEPS = %d/%d/%d: need B >= 1, 2 <= T <= %d, STEPS >= 2", B, T, STEPS, cfg.seq_len);
-    Rng r;
-    rng_seed(&r, 7);
+    rng_seed(&rng, 7);  // fixed: the tolerances above were measured on this data
     for (int i = 0; i < 97; i++) {
-        tok_of[i] = (int)rng_below(&r, (uint64_t)cfg.vocab_size);
-        succ[i] = (int)rng_below(&r, 97);
+        tok_of[i] = (int)rng_below(&rng, (uint64_t)cfg.vocab_size);
+        succ[i] = (int)rng_below(&rng, 97);
     }
     // the starting weights: the model's own initialisation (seed 1), read back from a CPU model
     Model m0;
