@@ -151,6 +151,28 @@ __device__ __forceinline__ void dot_4x4(float acc[4][4], const bf16* A, int lda,
     }
 }
 
+// acc[r][m] += sum over the tile's 64 j of W[(ty*4 + r) * ATT_LDP + j] * X[j * ldx + tx + 16 m], for columns
+// tx + 16 m < ncols: this thread's 4 rows of a 64 x 64 fp32 tile in shared memory (probabilities or their
+// gradients) times a bf16 tile of 64 rows (V, dO, Q or K). Rows past T hold W = 0 and X = 0.
+template <int MC>
+__device__ __forceinline__ void tile_rows_times(float (&acc)[4][MC], const float* W, const bf16* X, int ldx, int ncols,
+                                                int tx, int ty) {
+    for (int j = 0; j < ATT_TILE; j++) {
+        float w[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) w[r] = W[(ty * 4 + r) * ATT_LDP + j];
+#pragma unroll
+        for (int m = 0; m < MC; m++) {
+            const int c = tx + 16 * m;
+            if (c < ncols) {
+                const float x = __bfloat162float(X[j * ldx + c]);
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[r][m] = fmaf(w[r], x, acc[r][m]);
+            }
+        }
+    }
+}
+
 // Float max as an atomic on its bit pattern: for non-negative floats the int order is the float order, for negative
 // ones the unsigned order is the reverse. Exact and independent of the order in which blocks arrive.
 __device__ __forceinline__ void atomic_max_float(float* addr, float v) {
@@ -240,20 +262,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_fwd_kernel(bf16* __restrict_
         __syncthreads();  // Ps complete (only this half-warp reads its rows, but keep it simple)
 
         // O += P V over the tile's 64 keys (rows past T have P = 0 and V = 0)
-        for (int j = 0; j < ATT_TILE; j++) {
-            float p[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) p[r] = Ps[(ty * 4 + r) * ATT_LDP + j];
-#pragma unroll
-            for (int m = 0; m < MCV; m++) {
-                const int c = tx + 16 * m;
-                if (c < s.dv) {
-                    const float v = __bfloat162float(Vs[j * s.ldv + c]);
-#pragma unroll
-                    for (int r = 0; r < 4; r++) o[r][m] = fmaf(p[r], v, o[r][m]);
-                }
-            }
-        }
+        tile_rows_times(o, Ps, Vs, s.ldv, s.dv, tx, ty);
     }
 
 #pragma unroll
@@ -367,32 +376,8 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dkv_kernel(bf16* __restr
         __syncthreads();
 
         // dV[j] += sum_i P[i][j] dO[i] ; dK[j] += sum_i dS[i][j] Q[i]  (rows past T: P = dS = 0)
-        for (int i = 0; i < ATT_TILE; i++) {
-            float p[4], ds[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                p[r] = Pt[(ty * 4 + r) * ATT_LDP + i];
-                ds[r] = dSt[(ty * 4 + r) * ATT_LDP + i];
-            }
-#pragma unroll
-            for (int m = 0; m < MCV; m++) {
-                const int c = tx + 16 * m;
-                if (c < s.dv) {
-                    const float g = __bfloat162float(dOs[i * s.ldv + c]);
-#pragma unroll
-                    for (int r = 0; r < 4; r++) dvacc[r][m] = fmaf(p[r], g, dvacc[r][m]);
-                }
-            }
-#pragma unroll
-            for (int m = 0; m < MCQ; m++) {
-                const int c = tx + 16 * m;
-                if (c < s.dqk) {
-                    const float x = __bfloat162float(Qs[i * s.ldq + c]);
-#pragma unroll
-                    for (int r = 0; r < 4; r++) dk[r][m] = fmaf(ds[r], x, dk[r][m]);
-                }
-            }
-        }
+        tile_rows_times(dvacc, Pt, dOs, s.ldv, s.dv, tx, ty);
+        tile_rows_times(dk, dSt, Qs, s.ldq, s.dqk, tx, ty);
     }
 
 #pragma unroll
@@ -481,20 +466,8 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restri
         }
         __syncthreads();
 
-        for (int j = 0; j < ATT_TILE; j++) {
-            float ds[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) ds[r] = dSs[(ty * 4 + r) * ATT_LDP + j];
-#pragma unroll
-            for (int m = 0; m < MCQ; m++) {
-                const int c = tx + 16 * m;
-                if (c < s.dqk) {
-                    const float x = __bfloat162float(Ks[j * s.ldq + c]);
-#pragma unroll
-                    for (int r = 0; r < 4; r++) dqa[r][m] = fmaf(ds[r], x, dqa[r][m]);
-                }
-            }
-        }
+        // dQ[i] += sum_j dS[i][j] K[j]
+        tile_rows_times(dqa, dSs, Ks, s.ldq, s.dqk, tx, ty);
     }
 
 #pragma unroll
