@@ -12,36 +12,7 @@
 # 3. checkpoints: an incomplete checkpoint (no DONE marker, stale *.tmp files) is ignored by --resume; a kill -9
 #    while checkpoints are being written leaves a resumable run.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
-set -u
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-START=$(date +%s)
-
-if [ $# -ge 1 ]; then
-    W=$1
-    mkdir -p "$W"
-else
-    W=$(mktemp -d /tmp/train_moe_cli.XXXXXX)
-    trap 'rm -rf "$W"' EXIT
-fi
-W=$(cd "$W" && pwd)
-
-npass=0; nfail=0; nskip=0
-pass() { echo "PASS $*"; npass=$((npass + 1)); }
-fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }
-skip() { echo "SKIP $*"; nskip=$((nskip + 1)); }
-finish() {
-    echo "cli tests took $(( $(date +%s) - START )) s"
-    echo "$npass passed, $nfail failed, $nskip skipped"
-    [ "$nfail" -eq 0 ]
-    exit $?
-}
-
-# OpenMP threads sleep instead of spinning while they wait: on a loaded 2-core machine spinning threads slow a
-# 2-thread run ~10x; results do not depend on it
-export OMP_WAIT_POLICY=passive
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
+. "$(dirname "$0")/lib.sh" cli "$@"
 BIN=$ROOT/train_moe
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }

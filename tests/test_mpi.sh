@@ -6,22 +6,7 @@
 #   bash tests/test_mpi.sh [WORKDIR]
 #
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
-set -u
-cd "$(dirname "$0")/.."
-START=$(date +%s)
-if [ $# -ge 1 ]; then W=$1; mkdir -p "$W"; else W=$(mktemp -d /tmp/train_moe_mpi.XXXXXX); trap 'rm -rf "$W"' EXIT; fi
-W=$(cd "$W" && pwd)
-npass=0; nfail=0; nskip=0
-pass() { echo "PASS $*"; npass=$((npass + 1)); }
-fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }
-skip() { echo "SKIP $*"; nskip=$((nskip + 1)); }
-finish() {
-    echo "mpi tests took $(( $(date +%s) - START )) s"
-    echo "$npass passed, $nfail failed, $nskip skipped"
-    [ "$nfail" -eq 0 ]
-    exit $?
-}
-PY=/usr/bin/python3
+. "$(dirname "$0")/lib.sh" mpi "$@"
 BIN=./train_moe
 
 if ! command -v mpirun > /dev/null; then

@@ -14,36 +14,10 @@
 # 4. qk_ablation.py end to end on the synthetic shard (3 tiny runs: off, tau 100, an automatic tight tau that must
 #    clip): the figure, the .md and .csv summaries; a second call skips the finished runs.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
-set -u
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-START=$(date +%s)
-
-if [ $# -ge 1 ]; then
-    W=$1
-    mkdir -p "$W"
-else
-    W=$(mktemp -d /tmp/train_moe_plots.XXXXXX)
-    trap 'rm -rf "$W"' EXIT
-fi
-W=$(cd "$W" && pwd)
-
-npass=0; nfail=0; nskip=0
-pass() { echo "PASS $*"; npass=$((npass + 1)); }
-fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }
-skip() { echo "SKIP $*"; nskip=$((nskip + 1)); }
-finish() {
-    echo "plot tests took $(( $(date +%s) - START )) s"
-    echo "$npass passed, $nfail failed, $nskip skipped"
-    [ "$nfail" -eq 0 ]
-    exit $?
-}
+. "$(dirname "$0")/lib.sh" plot "$@"
 oneline() { tail -n 3 "$1" 2>/dev/null | tr '\n' ' ' | cut -c1-300; }
 
-export OMP_WAIT_POLICY=passive
 export MPLBACKEND=Agg
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
 if ! "$PY" -c 'import matplotlib, numpy' 2>/dev/null; then
     skip "plots: $PY has no matplotlib/numpy (apt-get install python3-matplotlib python3-numpy)"
     finish

@@ -6,22 +6,7 @@
 # --profile the spike record holds only the event and the time summary counts each step once.
 #
 #   bash tests/test_spikes.sh [WORKDIR]
-set -u
-cd "$(dirname "$0")/.."
-START=$(date +%s)
-if [ $# -ge 1 ]; then W=$1; mkdir -p "$W"; else W=$(mktemp -d /tmp/train_moe_spikes.XXXXXX); trap 'rm -rf "$W"' EXIT; fi
-W=$(cd "$W" && pwd)
-npass=0; nfail=0; nskip=0
-pass() { echo "PASS $*"; npass=$((npass + 1)); }
-fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }
-finish() {
-    echo "spike tests took $(( $(date +%s) - START )) s"
-    echo "$npass passed, $nfail failed, $nskip skipped"
-    [ "$nfail" -eq 0 ]
-    exit $?
-}
-export OMP_WAIT_POLICY=passive
-PY=/usr/bin/python3
+. "$(dirname "$0")/lib.sh" spike "$@"
 BIN=./train_moe
 oneline() { tr '\n' ' ' < "$1" | cut -c1-300; }
 

@@ -11,34 +11,8 @@
 #    run finished, results.csv / series.csv / fits.json / entropy.csv / report.md / scaling.png / lr_sweep.png exist
 #    and parse; a second invocation trains nothing; a run whose DONE marker is removed is the only one rerun.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
-set -u
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-START=$(date +%s)
+. "$(dirname "$0")/lib.sh" sweep "$@"
 
-if [ $# -ge 1 ]; then
-    W=$1
-    mkdir -p "$W"
-else
-    W=$(mktemp -d /tmp/train_moe_sweep.XXXXXX)
-    trap 'rm -rf "$W"' EXIT
-fi
-W=$(cd "$W" && pwd)
-
-npass=0; nfail=0; nskip=0
-pass() { echo "PASS $*"; npass=$((npass + 1)); }
-fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }
-skip() { echo "SKIP $*"; nskip=$((nskip + 1)); }
-finish() {
-    echo "sweep tests took $(( $(date +%s) - START )) s"
-    echo "$npass passed, $nfail failed, $nskip skipped"
-    [ "$nfail" -eq 0 ]
-    exit $?
-}
-
-export OMP_WAIT_POLICY=passive
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
 if ! "$PY" -c 'import numpy, matplotlib' 2>/dev/null; then
     fail "python: $PY needs numpy and matplotlib (apt-get install python3-numpy python3-matplotlib)"
     finish
