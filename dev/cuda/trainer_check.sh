@@ -11,6 +11,9 @@
 # tests/test_cuda_model.c, measures ~1e-4 at this size over a few steps); resume: losses, every log record and the
 # final model file identical to the straight run (the backend is deterministic and checkpoints hold fp32 masters).
 set -u
+if [ $# -lt 1 ] || [ ! -x "$1" ] || { [ $# -ge 2 ] && [ "$2" != --mpi ]; }; then
+    echo "usage: dev/cuda/trainer_check.sh TRAINER [--mpi]  (TRAINER: an executable train_moe; got: $*)" >&2; exit 2
+fi
 TRAINER=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 WANT_MPI=${2:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
