@@ -6,6 +6,7 @@
 //   mpirun -np 4 ./train_moe --ep 2 --optim muon      4 ranks: data parallel, experts split over pairs of ranks
 #include <math.h>
 #include <errno.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -19,228 +20,12 @@
 #include "data/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/flags.h"
+#include "train/settings.h"
 
-// ----------------------------------------------------------------------------
-// flags
-
-typedef struct {
-    const char* model;        // preset name
-    const char* device;       // auto | cpu | cuda
-    const char* train_data;   // glob of training shards
-    const char* val_data;     // glob of validation shards ("" = none)
-    const char* tokenizer;    // tokenizer.bin for samples
-    const char* out;          // run directory: log.jsonl and checkpoints
-    int batch_size;           // B, sequences per micro-batch per rank
-    int seq_len;              // T (0 = the preset's)
-    int vocab_size;           // override (0 = the preset's)
-    long long total_batch;    // tokens per optimizer step over all ranks (0 = B*T*world)
-    int steps;
-    float lr, min_lr_frac;
-    int warmup;
-    const char* schedule;     // cosine | wsd | constant
-    float decay_frac;
-    const char* optim;        // adamw | muon
-    float weight_decay, beta1, beta2, adam_eps, grad_clip;
-    float muon_momentum;
-    const char* ns;           // Newton-Schulz table: default | polar
-    int muon_router;
-    float qk_clip_tau;        // QK-Clip threshold (0 = off)
-    float balance_alpha, bias_gamma;
-    long long seed;
-    int val_every, val_batches, sample_every, sample_tokens;
-    int ckpt_every, ckpt_keep;
-    int resume, overwrite;
-    int threads;
-    int ep;                   // expert-parallel group size
-    float peak_gflops;        // 0 = measure sgemm at start
-    int max_bad_steps;        // consecutive non-finite steps before the run stops
-    float spike_z;            // z-score above which a step's loss or grad norm is a spike (0 = no detection)
-    int spike_window;         // steps in the rolling window
-    int skip_spikes;          // skip the update of a spike step
-    const char* replay;       // "S0:S1": re-run steps S0+1..S1 from checkpoint S0 with full telemetry
-    int inject_nan;           // testing: step whose gradients are made NaN
-    int inject_spike;         // testing: step whose targets are replaced by random tokens
-    int profile;              // per-op time breakdown
-    int list_models;
-    int help;
-} Flags;
-
-typedef enum { F_INT, F_LLONG, F_FLOAT, F_STR, F_BOOL } FlagType;
-typedef struct {
-    const char* name;
-    FlagType type;
-    void* ptr;
-    const char* help;
-} FlagSpec;
-
-static Flags flags = {
-    .model = "k2-nano", .device = "auto", .train_data = "data/default/train_*.bin",
-    .val_data = "data/default/val_*.bin", .tokenizer = "data/default/tokenizer.bin", .out = NULL,
-    .batch_size = 8, .seq_len = 0, .vocab_size = 0, .total_batch = 0, .steps = 1000, .lr = 3e-3f,
-    .min_lr_frac = 0.1f, .warmup = -1, .schedule = "cosine", .decay_frac = 0.2f, .optim = "adamw",
-    .weight_decay = 0.1f, .muon_momentum = 0.95f, .ns = "default", .muon_router = 1, .qk_clip_tau = 100.0f,
-    .beta1 = 0.9f, .beta2 = 0.95f, .adam_eps = 1e-8f, .grad_clip = 1.0f, .balance_alpha = 1e-4f,
-    .bias_gamma = 1e-3f, .seed = 1337, .val_every = 100, .val_batches = 8, .sample_every = 250,
-    .sample_tokens = 64, .ckpt_every = 500, .ckpt_keep = 2, .resume = 0, .overwrite = 0, .threads = 0, .ep = 1,
-    .peak_gflops = 0, .max_bad_steps = 5, .spike_z = 6.0f, .spike_window = 128, .skip_spikes = 0, .replay = NULL,
-    .inject_nan = 0, .inject_spike = 0,
-};
-
-static const FlagSpec flag_specs[] = {
-    {"--model", F_STR, &flags.model, "preset: k2-nano (default), k2-l1..k2-l5, k2-small"},
-    {"--device", F_STR, &flags.device, "auto | cpu | cuda (auto: a visible GPU, else the CPU)"},
-    {"--train-data", F_STR, &flags.train_data, "glob of llm.c token shards for training"},
-    {"--val-data", F_STR, &flags.val_data, "glob of validation shards ('' for none)"},
-    {"--tokenizer", F_STR, &flags.tokenizer, "tokenizer.bin used to decode samples"},
-    {"--out", F_STR, &flags.out, "run directory for log.jsonl and checkpoints (default runs/<model>)"},
-    {"--batch-size", F_INT, &flags.batch_size, "sequences per micro-batch per rank (B)"},
-    {"--seq-len", F_INT, &flags.seq_len, "sequence length T (default: the preset's)"},
-    {"--vocab-size", F_INT, &flags.vocab_size, "vocabulary size (default: the preset's)"},
-    {"--total-batch", F_LLONG, &flags.total_batch, "tokens per optimizer step; a multiple of B*T*ranks (gradient accumulation)"},
-    {"--steps", F_INT, &flags.steps, "optimizer steps in the run"},
-    {"--lr", F_FLOAT, &flags.lr, "peak learning rate"},
-    {"--min-lr-frac", F_FLOAT, &flags.min_lr_frac, "final learning rate as a fraction of --lr"},
-    {"--warmup", F_INT, &flags.warmup, "linear warmup steps (-1: steps/10, at most 100)"},
-    {"--schedule", F_STR, &flags.schedule, "cosine | wsd | constant (after warmup)"},
-    {"--decay-frac", F_FLOAT, &flags.decay_frac, "wsd: fraction of the run spent decaying"},
-    {"--optim", F_STR, &flags.optim, "adamw | muon (Muon for the hidden matrices, AdamW for embedding, head, gains)"},
-    {"--weight-decay", F_FLOAT, &flags.weight_decay, "decoupled weight decay (not the RMSNorm gains)"},
-    {"--beta1", F_FLOAT, &flags.beta1, "AdamW beta1"},
-    {"--beta2", F_FLOAT, &flags.beta2, "AdamW beta2"},
-    {"--adam-eps", F_FLOAT, &flags.adam_eps, "AdamW epsilon"},
-    {"--grad-clip", F_FLOAT, &flags.grad_clip, "global gradient-norm clip (0 = off)"},
-    {"--muon-momentum", F_FLOAT, &flags.muon_momentum, "Muon momentum (Nesterov)"},
-    {"--ns", F_STR, &flags.ns, "Newton-Schulz coefficients: default (3.4445, -4.7750, 2.0315) x5 | polar (Polar Express)"},
-    {"--muon-router", F_INT, &flags.muon_router, "1: the router matrices use Muon, 0: AdamW"},
-    {"--qk-clip-tau", F_FLOAT, &flags.qk_clip_tau, "QK-Clip: rescale a head's q/k weights when its max logit passes this (0 = off)"},
-    {"--balance-alpha", F_FLOAT, &flags.balance_alpha, "sequence-wise balance loss weight"},
-    {"--bias-gamma", F_FLOAT, &flags.bias_gamma, "aux-loss-free router bias update speed (0 = off)"},
-    {"--seed", F_LLONG, &flags.seed, "seed for the initial weights, data order and samples"},
-    {"--val-every", F_INT, &flags.val_every, "validation loss every N steps (0 = never)"},
-    {"--val-batches", F_INT, &flags.val_batches, "micro-batches per validation"},
-    {"--sample-every", F_INT, &flags.sample_every, "print a text sample every N steps (0 = never)"},
-    {"--sample-tokens", F_INT, &flags.sample_tokens, "tokens per sample"},
-    {"--ckpt-every", F_INT, &flags.ckpt_every, "checkpoint every N steps (0 = only at the end)"},
-    {"--ckpt-keep", F_INT, &flags.ckpt_keep, "keep the newest N checkpoints (0 = all)"},
-    {"--resume", F_BOOL, &flags.resume, "continue from the newest complete checkpoint in --out"},
-    {"--overwrite", F_BOOL, &flags.overwrite, "start afresh in an --out that holds an earlier run (deletes it)"},
-    {"--threads", F_INT, &flags.threads, "CPU threads per rank (default: all cores)"},
-    {"--ep", F_INT, &flags.ep, "expert parallelism: ranks that split each layer's experts (divides ranks and 384)"},
-    {"--peak-gflops", F_FLOAT, &flags.peak_gflops, "peak per rank for MFU (default: measured sgemm on CPU, 989000 on a GPU)"},
-    {"--max-bad-steps", F_INT, &flags.max_bad_steps, "stop (with a checkpoint) after this many non-finite steps in a row"},
-    {"--spike-z", F_FLOAT, &flags.spike_z, "loss / grad-norm z-score that marks a spike (0 = no detection)"},
-    {"--spike-window", F_INT, &flags.spike_window, "steps in the spike detector's rolling window (<= 1024)"},
-    {"--skip-spikes", F_BOOL, &flags.skip_spikes, "skip the update of a spike step (its values stay out of the window)"},
-    {"--replay", F_STR, &flags.replay, "S0:S1: re-run steps S0+1..S1 of the run in --out from its checkpoint S0 (0: from the start) with full telemetry, into replay_S0_S1.jsonl; same flags as the run"},
-    {"--profile", F_BOOL, &flags.profile, "time attention, expert GEMMs, routing, Newton-Schulz and the rest every step"},
-    {"--inject-nan", F_INT, &flags.inject_nan, "testing: make step N's gradients NaN"},
-    {"--inject-spike", F_INT, &flags.inject_spike, "testing: give step N random targets (a loss spike)"},
-    {"--list-models", F_BOOL, &flags.list_models, "print every preset with its parameter and FLOP counts"},
-    {"--help", F_BOOL, &flags.help, "this list"},
-};
-#define NUM_FLAGS ((int)(sizeof(flag_specs) / sizeof(flag_specs[0])))
-
-static void print_help(void) {
-    printf("usage: ./train_moe [flags]\n\n");
-    for (int i = 0; i < NUM_FLAGS; i++) {
-        const FlagSpec* s = &flag_specs[i];
-        char def[64] = "";
-        switch (s->type) {
-        case F_INT: snprintf(def, sizeof(def), "%d", *(int*)s->ptr); break;
-        case F_LLONG: snprintf(def, sizeof(def), "%lld", *(long long*)s->ptr); break;
-        case F_FLOAT: snprintf(def, sizeof(def), "%g", *(float*)s->ptr); break;
-        case F_STR: snprintf(def, sizeof(def), "%s", *(const char**)s->ptr ? *(const char**)s->ptr : ""); break;
-        case F_BOOL: break;
-        }
-        printf("  %-16s %s%s%s%s\n", s->name, s->help, s->type == F_BOOL ? "" : " [", def, s->type == F_BOOL ? "" : "]");
-    }
-}
-
-static void parse_flags(int argc, char** argv) {
-    for (int i = 1; i < argc; i++) {
-        const char* arg = argv[i];
-        const char* eq = strchr(arg, '=');
-        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
-        const FlagSpec* s = NULL;
-        for (int j = 0; j < NUM_FLAGS; j++)
-            if (strlen(flag_specs[j].name) == name_len && !strncmp(flag_specs[j].name, arg, name_len)) s = &flag_specs[j];
-        if (!s) fatal("unknown flag '%s' (./train_moe --help lists them)", arg);
-        if (s->type == F_BOOL) {
-            if (eq) fatal("flag %s takes no value", s->name);
-            *(int*)s->ptr = 1;
-            continue;
-        }
-        const char* val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!val) fatal("flag %s needs a value", s->name);
-        char* end = NULL;
-        errno = 0;
-        switch (s->type) {
-        case F_INT: {
-            long v = strtol(val, &end, 10);
-            if (*val == 0 || *end || errno || v < -2147483647L || v > 2147483647L)
-                fatal("flag %s expects an integer, got '%s'", s->name, val);
-            *(int*)s->ptr = (int)v;
-            break;
-        }
-        case F_LLONG: {
-            long long v = strtoll(val, &end, 10);
-            if (*val == 0 || *end || errno) fatal("flag %s expects an integer, got '%s'", s->name, val);
-            *(long long*)s->ptr = v;
-            break;
-        }
-        case F_FLOAT: {
-            float v = strtof(val, &end);
-            if (*val == 0 || *end || errno || !isfinite(v)) fatal("flag %s expects a number, got '%s'", s->name, val);
-            *(float*)s->ptr = v;
-            break;
-        }
-        case F_STR: *(const char**)s->ptr = val; break;
-        case F_BOOL: break;
-        }
-    }
-}
-
-// Range and consistency checks, before anything is read or written.
-static void check_flags(void) {
-    struct { const char* name; long long v, lo; } ge[] = {
-        {"--batch-size", flags.batch_size, 1}, {"--steps", flags.steps, 1}, {"--warmup", flags.warmup, -1},
-        {"--seq-len", flags.seq_len, 0}, {"--vocab-size", flags.vocab_size, 0}, {"--total-batch", flags.total_batch, 0},
-        {"--val-every", flags.val_every, 0}, {"--val-batches", flags.val_batches, 1},
-        {"--sample-every", flags.sample_every, 0}, {"--sample-tokens", flags.sample_tokens, 1},
-        {"--ckpt-every", flags.ckpt_every, 0}, {"--ckpt-keep", flags.ckpt_keep, 0}, {"--threads", flags.threads, 0},
-        {"--max-bad-steps", flags.max_bad_steps, 1}, {"--seed", flags.seed, 0}, {"--spike-window", flags.spike_window, 2},
-        {"--inject-nan", flags.inject_nan, 0}, {"--inject-spike", flags.inject_spike, 0},
-    };
-    for (size_t i = 0; i < sizeof(ge) / sizeof(ge[0]); i++)
-        if (ge[i].v < ge[i].lo) fatal("flag %s = %lld must be >= %lld", ge[i].name, ge[i].v, ge[i].lo);
-    if (!(flags.lr > 0)) fatal("flag --lr = %g must be > 0", flags.lr);
-    if (flags.min_lr_frac < 0 || flags.min_lr_frac > 1) fatal("flag --min-lr-frac = %g must be in [0, 1]", flags.min_lr_frac);
-    if (flags.decay_frac < 0 || flags.decay_frac > 1) fatal("flag --decay-frac = %g must be in [0, 1]", flags.decay_frac);
-    if (flags.weight_decay < 0) fatal("flag --weight-decay = %g must be >= 0", flags.weight_decay);
-    if (!(flags.beta1 >= 0 && flags.beta1 < 1)) fatal("flag --beta1 = %g must be in [0, 1)", flags.beta1);
-    if (!(flags.beta2 >= 0 && flags.beta2 < 1)) fatal("flag --beta2 = %g must be in [0, 1)", flags.beta2);
-    if (!(flags.adam_eps > 0)) fatal("flag --adam-eps = %g must be > 0", flags.adam_eps);
-    if (flags.grad_clip < 0) fatal("flag --grad-clip = %g must be >= 0", flags.grad_clip);
-    if (flags.balance_alpha < 0) fatal("flag --balance-alpha = %g must be >= 0", flags.balance_alpha);
-    if (flags.bias_gamma < 0) fatal("flag --bias-gamma = %g must be >= 0", flags.bias_gamma);
-    if (strcmp(flags.optim, "adamw") && strcmp(flags.optim, "muon"))
-        fatal("flag --optim = '%s' must be adamw or muon", flags.optim);
-    if (!(flags.muon_momentum >= 0 && flags.muon_momentum < 1)) fatal("flag --muon-momentum = %g must be in [0, 1)", flags.muon_momentum);
-    if (strcmp(flags.ns, "default") && strcmp(flags.ns, "polar")) fatal("flag --ns = '%s' must be default or polar", flags.ns);
-    if (flags.muon_router != 0 && flags.muon_router != 1) fatal("flag --muon-router = %d must be 0 or 1", flags.muon_router);
-    if (flags.qk_clip_tau < 0) fatal("flag --qk-clip-tau = %g must be >= 0 (0 turns it off)", flags.qk_clip_tau);
-    if (flags.peak_gflops < 0) fatal("flag --peak-gflops = %g must be >= 0", flags.peak_gflops);
-    if (flags.resume && flags.overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
-    if (flags.spike_z < 0) fatal("flag --spike-z = %g must be >= 0 (0 turns detection off)", flags.spike_z);
-    if (flags.spike_window > SPIKE_MAX_WINDOW) fatal("flag --spike-window = %d must be <= %d", flags.spike_window, SPIKE_MAX_WINDOW);
-    if (flags.replay && (flags.resume || flags.overwrite)) fatal("flag --replay re-runs part of a run in --out; it conflicts with --resume and --overwrite");
-    if (strcmp(flags.device, "auto") && strcmp(flags.device, "cpu") && strcmp(flags.device, "cuda"))
-        fatal("flag --device = '%s' must be auto, cpu or cuda", flags.device);
-    LRShape shape;
-    if (!lr_shape_parse(flags.schedule, &shape)) fatal("flag --schedule = '%s' must be cosine, wsd or constant", flags.schedule);
-    if (flags.warmup < 0) flags.warmup = flags.steps / 10 < 100 ? flags.steps / 10 : 100;
-    if (flags.warmup > flags.steps) fatal("flag --warmup = %d exceeds --steps = %d", flags.warmup, flags.steps);
-}
+static Flags flags;  // the command line (train/flags.c has the table of flags)
+// micro-batches per optimizer step: far beyond any sensible accumulation, well inside an int
+#define MAX_GRAD_ACCUM 1000000
 
 // ----------------------------------------------------------------------------
 // logging: a human progress line on stdout, the same numbers and more as JSON lines
@@ -403,8 +188,10 @@ int main(int argc, char** argv) {
     comm_init(&comm, &argc, &argv);  // first: from here on a fatal error on any rank ends every rank
     int rank = comm.rank, world = comm.world;
     if (rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("cannot silence stdout on rank %d", rank);
-    parse_flags(argc, argv);
-    if (flags.help) { print_help(); comm_finalize(&comm); return 0; }
+    flags_init(&flags);
+    flags_parse(&flags, argc, argv);
+    settings_agree(&comm, &flags);  // before any other collective: ranks with other flags would hang in one
+    if (flags.help) { flags_print_help(); comm_finalize(&comm); return 0; }
     if (flags.list_models) {
         for (int i = 0; config_preset_names[i]; i++) {
             ModelConfig c;
@@ -414,7 +201,7 @@ int main(int argc, char** argv) {
         comm_finalize(&comm);
         return 0;
     }
-    check_flags();
+    flags_check(&flags);
 
     // --- model config
     ModelConfig cfg;
@@ -432,11 +219,21 @@ int main(int argc, char** argv) {
     if (!config_validate(&cfg, why, sizeof(why))) fatal("model %s: %s", cfg.name, why);
     comm_set_ep(&comm, flags.ep, cfg.n_experts);
     int B = flags.batch_size, T = cfg.seq_len;
+    // sizes in 64 bits, with limits: the model indexes a micro-batch's (token, expert) pairs with ints, over the
+    // whole expert-parallel group
+    long long routed_rows = (long long)B * T * cfg.top_k * flags.ep;
+    if (routed_rows > INT_MAX)
+        fatal("flags --batch-size x --seq-len = %d x %d = %lld tokens per micro-batch is too many: with top-%d routing "
+              "and --ep %d at most %lld fit", B, T, (long long)B * T, cfg.top_k, flags.ep,
+              (long long)INT_MAX / ((long long)cfg.top_k * flags.ep));
     long long tokens_per_micro = (long long)B * T * world;
     long long total_batch = flags.total_batch ? flags.total_batch : tokens_per_micro;
     if (total_batch % tokens_per_micro != 0)
         fatal("flag --total-batch = %lld is not a multiple of batch-size x seq-len x ranks = %d x %d x %d = %lld",
               total_batch, B, T, world, tokens_per_micro);
+    if (total_batch / tokens_per_micro > MAX_GRAD_ACCUM)
+        fatal("flag --total-batch = %lld needs %lld micro-batches of %lld tokens per step; at most %d are allowed",
+              total_batch, total_batch / tokens_per_micro, tokens_per_micro, MAX_GRAD_ACCUM);
     int grad_accum = (int)(total_batch / tokens_per_micro);
 
     // --- backend
@@ -471,20 +268,6 @@ int main(int argc, char** argv) {
     if (have_val) {
         dataloader_init(&val, flags.val_data, "--val-data", T, cfg.vocab_size, 0, 0);
         if (flags.val_every) dataloader_require(&val, B, world, "--val-data");
-    }
-    // every rank must run the same model, batch layout and optimizer: compare the max and min over the ranks
-    {
-        double v[16] = {cfg.d_model, cfg.n_layers, cfg.vocab_size, B, T, (double)total_batch, flags.steps, flags.lr,
-                        (double)flags.seed, flags.ep, strcmp(flags.optim, "muon") == 0, flags.qk_clip_tau};
-        for (int i = 0; i < 8; i++) v[8 + i] = 0;
-        double hi[16], lo[16];
-        for (int i = 0; i < 16; i++) { hi[i] = v[i]; lo[i] = -v[i]; }
-        comm_allreduce_max_f64(&comm, GROUP_WORLD, hi, 16);
-        comm_allreduce_max_f64(&comm, GROUP_WORLD, lo, 16);
-        for (int i = 0; i < 16; i++)
-            if (hi[i] != -lo[i])
-                fatal("the ranks were started with different settings (model, batch, steps, lr, seed, --ep, --optim or "
-                      "--qk-clip-tau); give every rank the same flags");
     }
     Tokenizer tok;
     tokenizer_init(&tok, flags.tokenizer);

@@ -88,6 +88,9 @@ run "plots" bash tests/test_plots.sh "$TMP/plots"
 # several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
 run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 
+# ranks started with different flags or data are refused at start, one MPMD run per flag
+run "ranks agree" bash tests/test_ranks.sh "$TMP/ranks"
+
 echo "===="
 echo "$passed passed, $failed failed ($skipped skipped)"
 [ "$failed" -eq 0 ]

@@ -128,16 +128,16 @@ expect_fail() {
     fi
 }
 F=("${BASE[@]}" --batch-size 2 --steps 50)
-# rank 1 is given a bad shard (a misconfigured node): rank 0 must not wait for it forever
-expect_fail "bad shard on rank 1 of 2 ends both ranks" "[rank 1] data: $D/bad_magic.bin" 30 \
+# rank 1 is given a bad shard (a misconfigured node): the start-up settings check refuses it on every rank
+expect_fail "bad shard on rank 1 of 2 ends both ranks" "ranks disagree on --train-data" 30 \
     "${MPIRUN[@]}" -np 1 "$BIN" "${F[@]}" --out "$W/f1" : -np 1 "$BIN" "${F[@]}" --train-data "$D/bad_magic.bin" --out "$W/f1"
-expect_fail "ranks started with different --lr are refused" "different settings" 30 \
+expect_fail "ranks started with different --lr are refused" "ranks disagree on --lr (rank 0: 0.00999999978, rank 1: 0.5)" 30 \
     "${MPIRUN[@]}" -np 1 "$BIN" "${F[@]}" --out "$W/f2" : -np 1 "$BIN" "${F[@]}" --lr 0.5 --out "$W/f2"
 expect_fail "non-finite steps stop all 4 ranks" "non-finite" 60 \
     "${MPIRUN[@]}" -np 4 "$BIN" "${BASE[@]}" --batch-size 1 --ep 2 --steps 20 --lr 1e30 --grad-clip 0 --warmup 0 --max-bad-steps 2 --out "$W/f3"
 expect_fail "--ep 3 on 2 ranks" "--ep = 3 must divide the number of ranks (2)" 30 "${MPIRUN[@]}" -np 2 "$BIN" "${F[@]}" --ep 3 --out "$W/f4"
 expect_fail "--ep 5 on 5 ranks (384 experts)" "--ep = 5 must divide the number of experts (384)" 30 "${MPIRUN[@]}" -np 5 "$BIN" "${F[@]}" --batch-size 1 --ep 5 --out "$W/f5"
-expect_fail "--ep 0" "--ep = 0 must be >= 1" 30 "$BIN" "${F[@]}" --ep 0 --out "$W/f6"
+expect_fail "--ep 0" "--ep = 0 must be in [1, 65536]" 30 "$BIN" "${F[@]}" --ep 0 --out "$W/f6"
 expect_fail "--ep 2 in a single process" "--ep = 2 must divide the number of ranks (1)" 30 "$BIN" "${F[@]}" --ep 2 --out "$W/f7"
 expect_fail "resuming a 2-rank run on 4 ranks is refused" "world size" 30 \
     "${MPIRUN[@]}" -np 4 "$BIN" "${BASE[@]}" "${R[@]}" --batch-size 1 --resume --out "$W/resume_ref"
