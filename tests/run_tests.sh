@@ -88,6 +88,9 @@ run "plots" bash tests/test_plots.sh "$TMP/plots"
 # several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
 run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 
+# damaged checkpoints: checksum and range checks, fallback to the previous checkpoint, refusal when none is left
+run "checkpoint trust" bash tests/test_ckpt_trust.sh "$TMP/ckpt_trust"
+
 echo "===="
 echo "$passed passed, $failed failed ($skipped skipped)"
 [ "$failed" -eq 0 ]
