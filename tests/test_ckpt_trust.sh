@@ -87,6 +87,17 @@ damaged "truncated state file" $S6 "truncated" truncate 1000
 damaged "truncated model file" $M6 "truncated" truncate 8
 damaged "flipped byte in a state file" $S6 "checksum mismatch" flipbyte 300000
 
+# Muon: its momentum is checked too (a reference run of its own)
+MREF=$W/ref_muon
+trainer "$MREF" "${RUN[@]}" --optim muon --out "$MREF"
+if [ $RC -ne 0 ] || [ ! -f "$MREF/DONE_00000006" ]; then
+    fail "Muon reference run: exit $RC, $(oneline "$MREF.err")"
+else
+    REF_SAVED=$REF; REF=$MREF; RUN_SAVED=("${RUN[@]}"); RUN=("${RUN[@]}" --optim muon)
+    damaged "NaN Muon momentum" $S6 "Muon momentum 11 is not finite" set "muon_m[11]" nan
+    REF=$REF_SAVED; RUN=("${RUN_SAVED[@]}")
+fi
+
 echo "# version 1 files (older builds, no checksum)"
 c=$W/v1
 rm -rf "$c"; cp -r "$REF" "$c"; rm -f "$c"/*00000006*
@@ -116,12 +127,25 @@ rm -rf "$c"; cp -r "$REF" "$c"
 "${TOOL[@]}" set "$c/$S6" spikes.window 0 && "${TOOL[@]}" set "$c/$S4" "adamw_v[0]" -3 || fail "all bad: ckpt_tool.py"
 before=$(md5sum "$c"/* | sort)
 trainer "$c" "${RUN[@]}" --out "$c" --resume
-if [ $RC -ne 0 ] && [ $RC -lt 128 ] && grep -q "^error: .*no usable checkpoint in $c" "$c.err" &&
-        grep -q "warning: checkpoint: $c/$S6: spike window 0.*falling back to step 4" "$c.err" &&
-        grep -q "warning: checkpoint: $c/$S4: Adam second moment 0 is -3" "$c.err" && [ "$before" = "$(md5sum "$c"/* | sort)" ]; then
+if [ $RC -ne 0 ] && [ $RC -lt 128 ] && [ "$(wc -l <"$c.err")" -eq 2 ] &&
+        grep -q "^warning: checkpoint: $c/$S6: spike window 0.*falling back to step 4" "$c.err" &&
+        grep -q "^error: checkpoint: $c/$S4: Adam second moment 0 is -3.*no usable checkpoint is left" "$c.err" &&
+        [ "$before" = "$(md5sum "$c"/* | sort)" ]; then
     pass "every checkpoint damaged: exit $RC, '$(grep '^error' "$c.err" | head -c 120)', nothing changed in --out"
 else
     fail "every checkpoint damaged: exit $RC, $(oneline "$c.err")"
+fi
+
+# --replay S0:S1 needs checkpoint S0 itself: a damaged one is an error, not a fallback
+c=$W/replay_bad
+rm -rf "$c"; cp -r "$REF" "$c"
+"${TOOL[@]}" set "$c/$S4" spikes.count -1 || fail "replay: ckpt_tool.py"
+trainer "$c" "${RUN[@]}" --out "$c" --replay 4:6
+if [ $RC -ne 0 ] && [ $RC -lt 128 ] && [ "$(wc -l <"$c.err")" -eq 1 ] &&
+        grep -q "^error: checkpoint: $c/$S4: spike ring count -1 outside" "$c.err" && [ ! -e "$c/replay_4_6.jsonl" ]; then
+    pass "--replay 4:6 from a damaged checkpoint 4: exit $RC, one error line naming the file and the check"
+else
+    fail "--replay 4:6 from a damaged checkpoint 4: exit $RC, $(oneline "$c.err")"
 fi
 
 echo "# two MPI ranks: a damaged rank-1 state file makes both ranks fall back"
@@ -150,8 +174,8 @@ else
         rm -rf "$c"; cp -r "$R2" "$c"
         "${TOOL[@]}" set "$c/state_00000006_r1.bin" spikes.head 9999 && "${TOOL[@]}" set "$c/state_00000004_r0.bin" step -5
         "${MPIRUN[@]}" "$BIN" "${RUN2[@]}" --out "$c" --resume >"$c.out" 2>"$c.err"; RC=$?
-        if [ $RC -ne 0 ] && [ $RC -lt 128 ] && grep -q "error: .*no usable checkpoint" "$c.err" &&
-                grep -q "state_00000006_r1.bin: spike ring head 9999" "$c.err" && grep -q "state_00000004_r0.bin: step -5" "$c.err"; then
+        if [ $RC -ne 0 ] && [ $RC -lt 128 ] && grep -q "error: .*state_00000004_r0.bin: step -5 .*no usable checkpoint" "$c.err" &&
+                grep -q "warning: checkpoint: .*state_00000006_r1.bin: spike ring head 9999" "$c.err"; then
             pass "2 ranks, every checkpoint damaged: refused with exit $RC, both damaged files named"
         else
             fail "2 ranks, every checkpoint damaged: exit $RC, $(oneline "$c.err")"

@@ -594,12 +594,18 @@ static int try_load(const char* dir, int step, Model* m, Optimizer* opt, TrainSt
     return all_ok;
 }
 
+// A failed check with nothing to fall back to: the rank that found it says which, in one error line; the others
+// wait in a barrier that its abort ends, so its line is the one printed (they speak only if no rank had a reason).
+static void refuse(const Model* m, const char* why, const char* dir, const char* what) {
+    if (why[0]) fatal("checkpoint: %s; %s", why, what);
+    if (m->comm && m->comm->world > 1) comm_barrier(m->comm);
+    fatal("checkpoint: %s failed a check on some rank; %s", dir, what);
+}
+
 void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank,
                      const CheckpointLimits* lim) {
     char why[1536];
-    if (try_load(dir, step, m, opt, st, rank, lim, why, sizeof(why))) return;
-    if (why[0]) fatal("checkpoint: %s", why);
-    fatal("checkpoint: step %d in %s failed a check on another rank", step, dir);
+    if (!try_load(dir, step, m, opt, st, rank, lim, why, sizeof(why))) refuse(m, why, dir, "refusing to load it");
 }
 
 int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st, int rank, const CheckpointLimits* lim) {
@@ -608,18 +614,21 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
     if (n == 0) fatal("flag --resume: no complete checkpoint in %s", dir);
     if (steps[0] > lim->max_step) fatal("flag --steps = %d is below the checkpoint's step %d", lim->max_step, steps[0]);
     char why[1536];
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i + 1 < n; i++) {
         if (try_load(dir, steps[i], m, opt, st, rank, lim, why, sizeof(why))) {
             int step = steps[i];
             free(steps);
             return step;
         }
-        if (why[0] && i + 1 < n) fprintf(stderr, "warning: checkpoint: %s; falling back to step %d\n", why, steps[i + 1]);
-        else if (why[0]) fprintf(stderr, "warning: checkpoint: %s; no older complete checkpoint is left\n", why);
+        if (why[0]) fprintf(stderr, "warning: checkpoint: %s; falling back to step %d\n", why, steps[i + 1]);
         fflush(stderr);
     }
+    int oldest = steps[n - 1];
     free(steps);
-    fatal("checkpoint: no usable checkpoint in %s: each of its %d complete checkpoints failed a check (see the "
-          "warnings above); refusing to resume", dir, n);
+    if (try_load(dir, oldest, m, opt, st, rank, lim, why, sizeof(why))) return oldest;
+    char what[256];
+    snprintf(what, sizeof(what), "no usable checkpoint is left (%d complete, every one failed a check): refusing to "
+             "resume", n);
+    refuse(m, why, dir, what);
     return -1;
 }
