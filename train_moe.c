@@ -322,7 +322,10 @@ int main(int argc, char** argv) {
     rng_seed(&st.sample_rng, (uint64_t)flags.seed ^ 0x5A4D504C45ULL);
     spikes_init(&st.spikes, flags.spike_window);
     if (resume_step >= 0) {
-        checkpoint_load(out_dir, resume_step, &model, &opt, &st, rank);
+        // every value is checked before use; --resume falls back past a damaged checkpoint, --replay needs its own
+        CheckpointLimits lim = {flags.steps, train.n_windows};
+        if (flags.resume) resume_step = checkpoint_resume(out_dir, &model, &opt, &st, rank, &lim);
+        else checkpoint_load(out_dir, resume_step, &model, &opt, &st, rank, &lim);
         dataloader_seek(&train, st.data_epoch, st.data_cursor);
         if (st.step > flags.steps) fatal("flag --steps = %d is below the checkpoint's step %d", flags.steps, st.step);
     }

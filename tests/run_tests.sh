@@ -91,6 +91,9 @@ run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 # ranks started with different flags or data are refused at start, one MPMD run per flag
 run "ranks agree" bash tests/test_ranks.sh "$TMP/ranks"
 
+# damaged checkpoints: checksum and range checks, fallback to the previous checkpoint, refusal when none is left
+run "checkpoint trust" bash tests/test_ckpt_trust.sh "$TMP/ckpt_trust"
+
 echo "===="
 echo "$passed passed, $failed failed ($skipped skipped)"
 [ "$failed" -eq 0 ]

@@ -1,6 +1,9 @@
 // train/checkpoint.c: see checkpoint.h.
 #include "checkpoint.h"
+#include "crc32c.h"
+#include <math.h>
 #include <dirent.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -8,7 +11,12 @@
 
 #define MODEL_MAGIC 20261127
 #define STATE_MAGIC 20261128
-#define CKPT_VERSION 1
+#define CKPT_VERSION 2  // 2: CRC32C of the whole file in the header; 1 (still read): no checksum
+#define MODEL_HEADER_INTS 256
+#define STATE_HEADER_INTS 64
+// where the CRC32C sits in each header (int32 index); the CRC covers the whole file with this slot zero
+#define MODEL_CRC_SLOT 22
+#define STATE_CRC_SLOT 5
 
 static void path_of(char* out, size_t n, const char* dir, const char* kind, int step, int rank) {
     if (rank >= 0) snprintf(out, n, "%s/%s_%08d_r%d.bin", dir, kind, step, rank);
@@ -22,17 +30,26 @@ typedef struct {
     FILE* f;
     char path[1024];
     char tmp[1040];
+    uint32_t crc;  // CRC32C of everything written so far
 } AtomicFile;
 
 static void atomic_open(AtomicFile* af, const char* path) {
     snprintf(af->path, sizeof(af->path), "%s", path);
     snprintf(af->tmp, sizeof(af->tmp), "%s.tmp", path);
     af->f = fopen(af->tmp, "wb");
+    af->crc = 0;
     if (!af->f) fatal("checkpoint: cannot write %s: %s", af->tmp, strerror(errno));
 }
 
 static void atomic_write(AtomicFile* af, const void* data, size_t bytes) {
     if (bytes && fwrite(data, 1, bytes, af->f) != bytes) fatal("checkpoint: write to %s failed: %s", af->tmp, strerror(errno));
+    af->crc = crc32c_update(af->crc, data, bytes);
+}
+
+// Stores the CRC of the whole file, written so far with a zero in its header slot, into that slot.
+static void atomic_store_crc(AtomicFile* af, int slot) {
+    if (fseek(af->f, (long)slot * 4, SEEK_SET) != 0 || fwrite(&af->crc, 4, 1, af->f) != 1)
+        fatal("checkpoint: write to %s failed: %s", af->tmp, strerror(errno));
 }
 
 static void fsync_dir_of(const char* path) {
@@ -90,7 +107,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
     float* host = xmalloc((n > nb ? n : nb) * sizeof(float));
     model_get_params(m, host);
     if (rank == 0) {
-        int32_t h[256] = {0};
+        int32_t h[MODEL_HEADER_INTS] = {0};
         h[0] = MODEL_MAGIC;
         h[1] = CKPT_VERSION;
         h[2] = st->step;
@@ -104,6 +121,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
         atomic_write(&af, host, n * sizeof(float));
         ops->to_host(host, m->router_bias, nb * sizeof(float));
         atomic_write(&af, host, nb * sizeof(float));
+        atomic_store_crc(&af, MODEL_CRC_SLOT);
         atomic_close(&af);
     }
     free(host);
@@ -127,7 +145,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
     path_of(path, sizeof(path), dir, "state", st->step, rank);
     AtomicFile af;
     atomic_open(&af, path);
-    int32_t h[64] = {STATE_MAGIC, CKPT_VERSION, st->step, rank, nsec};
+    int32_t h[STATE_HEADER_INTS] = {STATE_MAGIC, CKPT_VERSION, st->step, rank, nsec};
     atomic_write(&af, h, sizeof(h));
     for (int i = 0; i < nsec; i++) {
         char name[32] = {0};
@@ -137,6 +155,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
         atomic_write(&af, &bytes, sizeof(bytes));
         atomic_write(&af, sec[i].data, sec[i].bytes);
     }
+    atomic_store_crc(&af, STATE_CRC_SLOT);
     atomic_close(&af);
     free(mom1);
     free(mom2);
@@ -177,126 +196,6 @@ int checkpoint_latest(const char* dir) {
     for (int i = 0; i < n; i++) best = steps[i] > best ? steps[i] : best;
     free(steps);
     return best;
-}
-
-static void read_exact(FILE* f, void* dst, size_t bytes, const char* path) {
-    if (bytes && fread(dst, 1, bytes, f) != bytes) fatal("checkpoint: %s is truncated", path);
-}
-
-// The run's layout must match, or the continuation would not be the same run.
-static void check_layout(const char* path, const TrainState* saved, const TrainState* st) {
-    if (saved->world != st->world)
-        fatal("checkpoint: %s was written by %d ranks, this run has %d: the optimizer state is sharded over the "
-              "ranks, so resume with the same world size", path, saved->world, st->world);
-    if (strcmp(saved->optimizer, st->optimizer) != 0)
-        fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved->optimizer, st->optimizer);
-    struct { const char* flag; long long a, b; } chk[] = {
-        {"--batch-size", saved->micro_batch, st->micro_batch}, {"--seq-len", saved->seq_len, st->seq_len},
-        {"--total-batch (micro-batches per step)", saved->grad_accum, st->grad_accum},
-        {"--ep", saved->ep, st->ep}, {"--seed", (long long)saved->seed, (long long)st->seed},
-    };
-    for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
-        if (chk[i].a != chk[i].b)
-            fatal("checkpoint: %s was written with %s %lld, this run has %lld; resume with the same setting", path,
-                  chk[i].flag, chk[i].a, chk[i].b);
-}
-
-void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank) {
-    const Ops* ops = m->ops;
-    char path[1024];
-    size_t n = m->num_params_global;
-    int Lm = cfg_n_moe(&m->cfg);
-    size_t nb = (size_t)Lm * m->cfg.n_experts;
-
-    // --- model
-    path_of(path, sizeof(path), dir, "model", step, -1);
-    FILE* f = fopen(path, "rb");
-    if (!f) fatal("checkpoint: cannot open %s: %s", path, strerror(errno));
-    int32_t h[256];
-    read_exact(f, h, sizeof(h), path);
-    if (h[0] != MODEL_MAGIC) fatal("checkpoint: %s is not a train_moe model file (magic %d)", path, h[0]);
-    if (h[1] != CKPT_VERSION) fatal("checkpoint: %s has version %d, this build reads %d", path, h[1], CKPT_VERSION);
-    int32_t want[256] = {0};
-    config_to_header(&m->cfg, want);
-    for (int i = 0; i < 15; i++)
-        if (h[3 + i] != want[3 + i])
-            fatal("checkpoint: %s is for a model with %s = %d, but this run's model (%s) has %s = %d", path,
-                  header_field_names[i], h[3 + i], m->cfg.name, header_field_names[i], want[3 + i]);
-    if (memcmp(h + 32, want + 32, 3 * sizeof(float)) != 0)
-        fatal("checkpoint: %s has different routed_scale / rope_theta / norm_eps than this run's model", path);
-    size_t file_n = (size_t)(uint32_t)h[20] | ((size_t)(uint32_t)h[21] << 31);
-    if (file_n != n) fatal("checkpoint: %s holds %zu parameters, the model has %zu", path, file_n, n);
-    float* host = xmalloc((n > nb ? n : nb) * sizeof(float));
-    read_exact(f, host, n * sizeof(float), path);
-    model_set_params(m, host);
-    read_exact(f, host, nb * sizeof(float), path);
-    ops->to_device(m->router_bias, host, nb * sizeof(float));
-    if (fgetc(f) != EOF) fatal("checkpoint: %s has trailing bytes after the parameters", path);
-    fclose(f);
-    free(host);
-
-    // --- state. First rank 0's record of the run's layout, which every rank can read: a different world size
-    // must be refused before ranks go looking for state files that do not exist.
-    if (rank != 0) {
-        char p0[1024];
-        path_of(p0, sizeof(p0), dir, "state", step, 0);
-        FILE* f0 = fopen(p0, "rb");
-        if (!f0) fatal("checkpoint: cannot open %s: %s", p0, strerror(errno));
-        int32_t h0[64];
-        read_exact(f0, h0, sizeof(h0), p0);
-        char name[32];
-        uint64_t bytes;
-        TrainState first;
-        read_exact(f0, name, sizeof(name), p0);
-        read_exact(f0, &bytes, sizeof(bytes), p0);
-        if (h0[0] != STATE_MAGIC || strncmp(name, "train_state", 32) || bytes != sizeof(first))
-            fatal("checkpoint: %s does not start with the training state", p0);
-        read_exact(f0, &first, sizeof(first), p0);
-        fclose(f0);
-        if (first.world != st->world)
-            fatal("checkpoint: %s was written by %d ranks, this run has %d: the optimizer state is sharded over the "
-                  "ranks, so resume with the same world size", p0, first.world, st->world);
-    }
-    path_of(path, sizeof(path), dir, "state", step, rank);
-    f = fopen(path, "rb");
-    if (!f) fatal("checkpoint: cannot open %s: %s", path, strerror(errno));
-    int32_t sh[64];
-    read_exact(f, sh, sizeof(sh), path);
-    if (sh[0] != STATE_MAGIC || sh[1] != CKPT_VERSION) fatal("checkpoint: %s is not a train_moe state file", path);
-    if (sh[2] != step || sh[3] != rank) fatal("checkpoint: %s is for step %d rank %d", path, sh[2], sh[3]);
-    TrainState saved;
-    int got_state = 0, got_t = 0, got_m = 0, got_v = 0, got_mu = 0;
-    for (int i = 0; i < sh[4]; i++) {
-        char name[32];
-        uint64_t bytes;
-        read_exact(f, name, sizeof(name), path);
-        read_exact(f, &bytes, sizeof(bytes), path);
-        name[31] = 0;
-        void* dst = NULL;
-        size_t expect = 0;
-        int is_device = 0;
-        if (!strcmp(name, "train_state")) { dst = &saved; expect = sizeof(saved); got_state = 1; }
-        else if (!strcmp(name, "opt_t")) { dst = &opt->t; expect = sizeof(int32_t); got_t = 1; }
-        else if (!strcmp(name, "adamw_m")) { dst = opt->adam_m; expect = opt->adam_n * sizeof(float); is_device = 1; got_m = 1; }
-        else if (!strcmp(name, "adamw_v")) { dst = opt->adam_v; expect = opt->adam_n * sizeof(float); is_device = 1; got_v = 1; }
-        else if (!strcmp(name, "muon_m")) { dst = opt->muon_m; expect = opt->muon_n * sizeof(float); is_device = 1; got_mu = 1; }
-        else fatal("checkpoint: %s has a section '%s' this build does not know", path, name);
-        if (bytes != expect)
-            fatal("checkpoint: %s section '%s' has %llu bytes, this run's optimizer needs %zu (different --optim, "
-                  "--muon-router or model?)", path, name, (unsigned long long)bytes, expect);
-        if (is_device) {
-            void* tmp = xmalloc(bytes ? bytes : 1);
-            read_exact(f, tmp, bytes, path);
-            ops->to_device(dst, tmp, bytes);
-            free(tmp);
-        } else {
-            read_exact(f, dst, bytes, path);
-        }
-        if (dst == &saved) check_layout(path, &saved, st);  // before the sections whose sizes depend on it
-    }
-    fclose(f);
-    if (!(got_state && got_t && got_m && got_v && got_mu)) fatal("checkpoint: %s is missing optimizer or training state", path);
-    *st = saved;
 }
 
 // Removes the checkpoints of steps[from..n) (sorted newest first); the marker goes first, so a half-removed
@@ -355,4 +254,381 @@ void checkpoint_remove_all(const char* dir) {
     int n = sorted_done_steps(dir, &steps);
     remove_steps(dir, steps, 0, n);
     free(steps);
+}
+
+// ---- loading. Every file is read whole into host memory and checked (checksum, structure, ranges) before any of
+// it reaches the model or the optimizer; a checkpoint that fails a check on any rank is not used at all. Two kinds
+// of failure: a damaged file (checksum, truncation, a value out of range) is a reason to fall back to an older
+// checkpoint; an intact file written with other settings (model, batch layout, optimizer) is a fatal user error.
+
+// Fills why with "PATH: what is wrong"; returns 0, so a check can end with `return bad(...)`.
+static int bad(char* why, size_t why_n, const char* path, const char* fmt, ...) {
+    int k = snprintf(why, why_n, "%s: ", path);
+    if (k < 0 || (size_t)k >= why_n) return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + k, why_n - k, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+// The whole file, or NULL with the reason in why.
+static uint8_t* read_file(const char* path, size_t* len, char* why, size_t why_n) {
+    FILE* f = fopen(path, "rb");
+    if (!f) { bad(why, why_n, path, "cannot open: %s", strerror(errno)); return NULL; }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        bad(why, why_n, path, "not a regular file");
+        return NULL;
+    }
+    size_t n = (size_t)sb.st_size;
+    uint8_t* buf = xmalloc(n ? n : 1);
+    if (n && fread(buf, 1, n, f) != n) {
+        bad(why, why_n, path, "read failed: %s", ferror(f) ? strerror(errno) : "shorter than its size");
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+// Files store fp32 little-endian at 4-byte offsets; memcpy keeps reads legal for any buffer (a fuzzer's).
+static float f32_at(const uint8_t* p, size_t i) {
+    float x;
+    memcpy(&x, p + 4 * i, 4);
+    return x;
+}
+
+static size_t first_nonfinite(const uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(f32_at(p, i))) return i;
+    return n;
+}
+
+// The CRC32C of the file with its header slot taken as zero (how the writer computed it) against the stored one.
+static int crc_matches(const uint8_t* buf, size_t len, int slot, const char* path, char* why, size_t why_n) {
+    uint32_t stored, zero = 0;
+    memcpy(&stored, buf + 4 * slot, 4);
+    uint32_t c = crc32c_update(0, buf, 4 * (size_t)slot);
+    c = crc32c_update(c, &zero, 4);
+    c = crc32c_update(c, buf + 4 * slot + 4, len - 4 * (size_t)slot - 4);
+    if (c == stored) return 1;
+    return bad(why, why_n, path, "checksum mismatch (stored %08x, computed %08x): the file was damaged after it "
+               "was written", stored, c);
+}
+
+// ---- the model file: checks that need nothing but its bytes
+
+typedef struct {
+    int32_t h[MODEL_HEADER_INTS];  // the header: magic, version, step, config, parameter count, CRC
+    size_t n;                      // parameters in the global layout
+    size_t nb;                     // router-bias entries (MoE layers x experts)
+    const uint8_t* params;         // (n) fp32, inside the file's bytes
+    const uint8_t* bias;           // (nb) fp32
+} ModelBytes;
+
+static int parse_model_bytes(const uint8_t* buf, size_t len, const char* path, ModelBytes* mb, char* why, size_t why_n) {
+    size_t hb = sizeof(mb->h);
+    if (len < hb) return bad(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, hb);
+    memcpy(mb->h, buf, hb);
+    const int32_t* h = mb->h;
+    if (h[0] != MODEL_MAGIC) return bad(why, why_n, path, "not a train_moe model file (magic %d)", h[0]);
+    if (h[1] != 1 && h[1] != CKPT_VERSION)
+        return bad(why, why_n, path, "version %d, this build reads 1 and %d", h[1], CKPT_VERSION);
+    if (h[2] < 0) return bad(why, why_n, path, "step %d in the header is negative", h[2]);
+    int n_layers = h[5], n_dense = h[6], n_experts = h[13];  // header fields 3.. follow config_to_header
+    if (n_dense < 0 || n_dense > n_layers || n_layers > 65536 || n_experts < 0 || n_experts > (1 << 20))
+        return bad(why, why_n, path, "impossible layer or expert counts in the header (n_layers %d, n_dense_layers "
+                   "%d, n_experts %d)", n_layers, n_dense, n_experts);
+    mb->n = (size_t)(uint32_t)h[20] | ((size_t)(uint32_t)h[21] << 31);
+    mb->nb = (size_t)(n_layers - n_dense) * n_experts;
+    size_t payload = len - hb;
+    if (payload % 4) return bad(why, why_n, path, "%zu bytes after the header, not a whole number of floats", payload);
+    size_t floats = payload / 4;
+    if (mb->n > floats || mb->nb > floats - mb->n)
+        return bad(why, why_n, path, "truncated: %zu floats after the header, the header says %zu parameters + %zu "
+                   "router-bias entries", floats, mb->n, mb->nb);
+    if (mb->n + mb->nb < floats)
+        return bad(why, why_n, path, "%zu trailing bytes after the parameters", 4 * (floats - mb->n - mb->nb));
+    if (h[1] >= 2 && !crc_matches(buf, len, MODEL_CRC_SLOT, path, why, why_n)) return 0;
+    mb->params = buf + hb;
+    mb->bias = mb->params + 4 * mb->n;
+    size_t i = first_nonfinite(mb->params, mb->n);
+    if (i < mb->n) return bad(why, why_n, path, "weight %zu of %zu is not finite (%g)", i, mb->n, f32_at(mb->params, i));
+    i = first_nonfinite(mb->bias, mb->nb);
+    if (i < mb->nb) return bad(why, why_n, path, "router bias %zu is not finite (%g)", i, f32_at(mb->bias, i));
+    return 1;
+}
+
+// ---- the state file: checks that need nothing but its bytes
+
+typedef struct {
+    int32_t h[STATE_HEADER_INTS];  // magic, version, step, rank, sections, CRC
+    TrainState ts;                 // a copy (the bytes need not be aligned)
+    int32_t opt_t;                 // optimizer updates applied
+    const uint8_t* adam_m;         // (adam_n) fp32 AdamW first moment, inside the file's bytes
+    const uint8_t* adam_v;         // (adam_n) second moment
+    size_t adam_n;
+    const uint8_t* muon_m;         // (muon_n) Muon momentum
+    size_t muon_n;
+} StateBytes;
+
+static const char* const state_section_names[] = {"train_state", "opt_t", "adamw_m", "adamw_v", "muon_m"};
+#define N_STATE_SECTIONS 5
+
+// Walks the named sections: every one known, present once, inside the file, of a sensible size; nothing after.
+static int parse_state_sections(const uint8_t* buf, size_t len, const char* path, StateBytes* sb, char* why, size_t why_n) {
+    int nsec = sb->h[4];
+    if (nsec < 0 || nsec > 64) return bad(why, why_n, path, "the header claims %d sections", nsec);
+    int got[N_STATE_SECTIONS] = {0};
+    size_t pos = sizeof(sb->h), adam_v_n = 0;
+    for (int i = 0; i < nsec; i++) {
+        if (len - pos < 40) return bad(why, why_n, path, "truncated in the header of section %d", i);
+        char name[32];
+        uint64_t bytes;
+        memcpy(name, buf + pos, 32);
+        memcpy(&bytes, buf + pos + 32, 8);
+        pos += 40;
+        if (!memchr(name, 0, sizeof(name))) return bad(why, why_n, path, "section %d has an unterminated name", i);
+        int k = 0;
+        while (k < N_STATE_SECTIONS && strcmp(name, state_section_names[k])) k++;
+        if (k == N_STATE_SECTIONS) return bad(why, why_n, path, "a section '%s' this build does not know", name);
+        if (got[k]++) return bad(why, why_n, path, "section '%s' appears twice", name);
+        if (bytes > len - pos)
+            return bad(why, why_n, path, "truncated: section '%s' needs %llu bytes, %zu are left", name,
+                       (unsigned long long)bytes, len - pos);
+        const uint8_t* data = buf + pos;
+        pos += bytes;
+        size_t want = k == 0 ? sizeof(TrainState) : k == 1 ? sizeof(int32_t) : 0;
+        if ((want && bytes != want) || (!want && bytes % 4))
+            return bad(why, why_n, path, "section '%s' has %llu bytes, %s", name, (unsigned long long)bytes,
+                       want ? "not the size this build's record has" : "not a whole number of floats");
+        if (k == 0) memcpy(&sb->ts, data, sizeof(TrainState));
+        else if (k == 1) memcpy(&sb->opt_t, data, sizeof(int32_t));
+        else if (k == 2) { sb->adam_m = data; sb->adam_n = bytes / 4; }
+        else if (k == 3) { sb->adam_v = data; adam_v_n = bytes / 4; }
+        else { sb->muon_m = data; sb->muon_n = bytes / 4; }
+    }
+    if (pos != len) return bad(why, why_n, path, "%zu trailing bytes after the last section", len - pos);
+    for (int k = 0; k < N_STATE_SECTIONS; k++)
+        if (!got[k]) return bad(why, why_n, path, "section '%s' is missing", state_section_names[k]);
+    if (adam_v_n != sb->adam_n) return bad(why, why_n, path, "sections 'adamw_m' and 'adamw_v' differ in size");
+    return 1;
+}
+
+// Every field the next steps index with, divide by or feed to the update, within what a run could have written.
+static int state_in_range(const char* path, const StateBytes* sb, char* why, size_t why_n) {
+    const TrainState* ts = &sb->ts;
+    char msg[256];
+    if (ts->step < 0) return bad(why, why_n, path, "step %d is negative", ts->step);
+    if (ts->step != sb->h[2]) return bad(why, why_n, path, "step %d disagrees with the header's %d", ts->step, sb->h[2]);
+    if (sb->opt_t < 0 || sb->opt_t > ts->step)
+        return bad(why, why_n, path, "optimizer update count %d outside [0, step %d]", sb->opt_t, ts->step);
+    if (ts->bad_in_row < 0 || ts->bad_in_row > ts->step)
+        return bad(why, why_n, path, "non-finite step count %d outside [0, step %d]", ts->bad_in_row, ts->step);
+    if (!memchr(ts->optimizer, 0, sizeof(ts->optimizer))) return bad(why, why_n, path, "optimizer name is not terminated");
+    if (ts->micro_batch < 1 || ts->seq_len < 1 || ts->grad_accum < 1 || ts->world < 1 || ts->ep < 1)
+        return bad(why, why_n, path, "run layout has a size below 1 (batch %d, seq_len %d, micro-batches %d, world %d, "
+                   "ep %d)", ts->micro_batch, ts->seq_len, ts->grad_accum, ts->world, ts->ep);
+    if (sb->h[3] < 0 || sb->h[3] >= ts->world)
+        return bad(why, why_n, path, "rank %d outside the %d ranks that wrote it", sb->h[3], ts->world);
+    if (!spikes_valid(&ts->spikes, msg, sizeof(msg))) return bad(why, why_n, path, "%s", msg);
+    // the loader advances by micro_batch * world windows at a time and starts a new epoch at most once per batch
+    uint64_t batch_windows = (uint64_t)ts->micro_batch * (uint64_t)ts->world;
+    if (ts->data_cursor % batch_windows)
+        return bad(why, why_n, path, "data cursor %llu is not a multiple of the %llu windows a batch takes",
+                   (unsigned long long)ts->data_cursor, (unsigned long long)batch_windows);
+    if (ts->data_epoch > (uint64_t)ts->step * (uint64_t)ts->grad_accum)
+        return bad(why, why_n, path, "data epoch %llu is more than %d steps can reach",
+                   (unsigned long long)ts->data_epoch, ts->step);
+    size_t i = first_nonfinite(sb->adam_m, sb->adam_n);
+    if (i < sb->adam_n) return bad(why, why_n, path, "Adam first moment %zu is not finite (%g)", i, f32_at(sb->adam_m, i));
+    for (i = 0; i < sb->adam_n; i++) {
+        float v = f32_at(sb->adam_v, i);
+        if (!(v >= 0.0f) || isinf(v))  // sqrt of a negative one puts NaN into the weights
+            return bad(why, why_n, path, "Adam second moment %zu is %g (must be finite and >= 0)", i, v);
+    }
+    i = first_nonfinite(sb->muon_m, sb->muon_n);
+    if (i < sb->muon_n) return bad(why, why_n, path, "Muon momentum %zu is not finite (%g)", i, f32_at(sb->muon_m, i));
+    return 1;
+}
+
+static int parse_state_bytes(const uint8_t* buf, size_t len, const char* path, StateBytes* sb, char* why, size_t why_n) {
+    memset(sb, 0, sizeof(*sb));
+    if (len < sizeof(sb->h))
+        return bad(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, sizeof(sb->h));
+    memcpy(sb->h, buf, sizeof(sb->h));
+    if (sb->h[0] != STATE_MAGIC) return bad(why, why_n, path, "not a train_moe state file (magic %d)", sb->h[0]);
+    if (sb->h[1] != 1 && sb->h[1] != CKPT_VERSION)
+        return bad(why, why_n, path, "version %d, this build reads 1 and %d", sb->h[1], CKPT_VERSION);
+    if (!parse_state_sections(buf, len, path, sb, why, why_n)) return 0;
+    if (sb->h[1] >= 2 && !crc_matches(buf, len, STATE_CRC_SLOT, path, why, why_n)) return 0;
+    return state_in_range(path, sb, why, why_n);
+}
+
+int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why_n) {
+    const uint8_t* buf = (const uint8_t*)data;
+    int32_t magic = 0;
+    if (bytes >= 4) memcpy(&magic, buf, 4);
+    if (magic == MODEL_MAGIC) {
+        ModelBytes mb;
+        return parse_model_bytes(buf, bytes, "model bytes", &mb, why, why_n);
+    }
+    if (magic == STATE_MAGIC) {
+        StateBytes* sb = xmalloc(sizeof(StateBytes));  // ~16 KiB of spike window: off the stack
+        int ok = parse_state_bytes(buf, bytes, "state bytes", sb, why, why_n);
+        free(sb);
+        return ok;
+    }
+    return bad(why, why_n, "bytes", "neither a train_moe model nor a state file (%zu bytes, magic %d)", bytes, magic);
+}
+
+// ---- checks against the running job
+
+// The run's layout must match, or the continuation would not be the same run.
+static void check_layout(const char* path, const TrainState* saved, const TrainState* st) {
+    if (saved->world != st->world)
+        fatal("checkpoint: %s was written by %d ranks, this run has %d: the optimizer state is sharded over the "
+              "ranks, so resume with the same world size", path, saved->world, st->world);
+    if (strcmp(saved->optimizer, st->optimizer) != 0)
+        fatal("checkpoint: %s was written with --optim %s, this run uses %s", path, saved->optimizer, st->optimizer);
+    struct { const char* flag; long long a, b; } chk[] = {
+        {"--batch-size", saved->micro_batch, st->micro_batch}, {"--seq-len", saved->seq_len, st->seq_len},
+        {"--total-batch (micro-batches per step)", saved->grad_accum, st->grad_accum},
+        {"--ep", saved->ep, st->ep}, {"--seed", (long long)saved->seed, (long long)st->seed},
+    };
+    for (size_t i = 0; i < sizeof(chk) / sizeof(chk[0]); i++)
+        if (chk[i].a != chk[i].b)
+            fatal("checkpoint: %s was written with %s %lld, this run has %lld; resume with the same setting", path,
+                  chk[i].flag, chk[i].a, chk[i].b);
+}
+
+// The model file of checkpoint `step` for this run's model: a different config is the user's mistake (fatal).
+static int model_fits_run(const char* path, const ModelBytes* mb, int step, const Model* m, char* why, size_t why_n) {
+    if (mb->h[2] != step) return bad(why, why_n, path, "the header is for step %d", mb->h[2]);
+    int32_t want[MODEL_HEADER_INTS] = {0};
+    config_to_header(&m->cfg, want);
+    for (int i = 0; i < 15; i++)
+        if (mb->h[3 + i] != want[3 + i])
+            fatal("checkpoint: %s is for a model with %s = %d, but this run's model (%s) has %s = %d", path,
+                  header_field_names[i], mb->h[3 + i], m->cfg.name, header_field_names[i], want[3 + i]);
+    if (memcmp(mb->h + 32, want + 32, 3 * sizeof(float)) != 0)
+        fatal("checkpoint: %s has different routed_scale / rope_theta / norm_eps than this run's model", path);
+    if (mb->n != m->num_params_global)
+        fatal("checkpoint: %s holds %zu parameters, the model has %zu", path, mb->n, m->num_params_global);
+    return 1;
+}
+
+// Rank `rank`'s state file of checkpoint `step` for this run: position and data bounds (a damaged file), then the
+// layout and optimizer sizes (an intact file of another run's settings: fatal).
+static int state_fits_run(const char* path, const StateBytes* sb, int step, int rank, const TrainState* st,
+                          const Optimizer* opt, const CheckpointLimits* lim, char* why, size_t why_n) {
+    if (sb->h[2] != step || sb->h[3] != rank)
+        return bad(why, why_n, path, "the header is for step %d rank %d", sb->h[2], sb->h[3]);
+    if (sb->ts.step > lim->max_step)
+        return bad(why, why_n, path, "step %d outside [0, --steps %d]", sb->ts.step, lim->max_step);
+    if (sb->ts.data_cursor > lim->n_windows)
+        return bad(why, why_n, path, "data cursor %llu is past the training data's %llu windows",
+                   (unsigned long long)sb->ts.data_cursor, (unsigned long long)lim->n_windows);
+    check_layout(path, &sb->ts, st);
+    if (sb->adam_n != opt->adam_n || sb->muon_n != opt->muon_n)
+        fatal("checkpoint: %s holds optimizer state for %zu AdamW + %zu Muon elements, this run's optimizer needs %zu "
+              "+ %zu (different --optim, --muon-router or model?)", path, sb->adam_n, sb->muon_n, opt->adam_n,
+              opt->muon_n);
+    return 1;
+}
+
+static void apply_checkpoint(Model* m, Optimizer* opt, TrainState* st, const ModelBytes* mb, const StateBytes* sb) {
+    const Ops* ops = m->ops;
+    model_set_params(m, (const float*)mb->params);  // 4-byte aligned: the header's size into a malloc'd buffer
+    ops->to_device(m->router_bias, mb->bias, mb->nb * sizeof(float));
+    ops->to_device(opt->adam_m, sb->adam_m, sb->adam_n * sizeof(float));
+    ops->to_device(opt->adam_v, sb->adam_v, sb->adam_n * sizeof(float));
+    ops->to_device(opt->muon_m, sb->muon_m, sb->muon_n * sizeof(float));
+    opt->t = sb->opt_t;
+    *st = sb->ts;
+}
+
+// Reads and checks checkpoint `step` on every rank (each its own state file), and applies it only if every rank's
+// files pass: 1 when applied, 0 when not, with this rank's failure (if it had one) in why. The model file is
+// read by every rank, but its failure is reported by rank 0 alone.
+static int try_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank,
+                    const CheckpointLimits* lim, char* why, size_t why_n) {
+    char mpath[1024], spath[1024];
+    path_of(mpath, sizeof(mpath), dir, "model", step, -1);
+    path_of(spath, sizeof(spath), dir, "state", step, rank);
+    why[0] = 0;
+    size_t mlen = 0, slen = 0;
+    ModelBytes mb;
+    memset(&mb, 0, sizeof(mb));
+    StateBytes* sb = xmalloc(sizeof(StateBytes));
+    memset(sb, 0, sizeof(*sb));
+    uint8_t* sbuf = NULL;
+    uint8_t* mbuf = read_file(mpath, &mlen, why, why_n);
+    int ok = mbuf && parse_model_bytes(mbuf, mlen, mpath, &mb, why, why_n) && model_fits_run(mpath, &mb, step, m, why, why_n);
+    if (ok) {
+        sbuf = read_file(spath, &slen, why, why_n);
+        ok = sbuf && parse_state_bytes(sbuf, slen, spath, sb, why, why_n) &&
+             state_fits_run(spath, sb, step, rank, st, opt, lim, why, why_n);
+    } else if (rank != 0) {
+        why[0] = 0;
+    }
+    int all_ok = ok;
+    if (m->comm && m->comm->world > 1) {  // the same decision on every rank, before any rank applies anything
+        double failed = !ok;
+        comm_allreduce_max_f64(m->comm, GROUP_WORLD, &failed, 1);
+        all_ok = failed == 0.0;
+    }
+    if (all_ok) {
+        if (rank == 0 && (mb.h[1] < 2 || sb->h[1] < 2))
+            fprintf(stderr, "warning: checkpoint: %s is version %d (an older build's) and carries no checksum; "
+                    "loading it with range checks only\n", mb.h[1] < 2 ? mpath : spath, mb.h[1] < 2 ? mb.h[1] : sb->h[1]);
+        apply_checkpoint(m, opt, st, &mb, sb);
+    }
+    free(mbuf);
+    free(sbuf);
+    free(sb);
+    return all_ok;
+}
+
+// A failed check with nothing to fall back to: the rank that found it says which, in one error line; the others
+// wait in a barrier that its abort ends, so its line is the one printed (they speak only if no rank had a reason).
+static void refuse(const Model* m, const char* why, const char* dir, const char* what) {
+    if (why[0]) fatal("checkpoint: %s; %s", why, what);
+    if (m->comm && m->comm->world > 1) comm_barrier(m->comm);
+    fatal("checkpoint: %s failed a check on some rank; %s", dir, what);
+}
+
+void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank,
+                     const CheckpointLimits* lim) {
+    char why[1536];
+    if (!try_load(dir, step, m, opt, st, rank, lim, why, sizeof(why))) refuse(m, why, dir, "refusing to load it");
+}
+
+int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st, int rank, const CheckpointLimits* lim) {
+    int* steps;
+    int n = sorted_done_steps(dir, &steps);
+    if (n == 0) fatal("flag --resume: no complete checkpoint in %s", dir);
+    if (steps[0] > lim->max_step) fatal("flag --steps = %d is below the checkpoint's step %d", lim->max_step, steps[0]);
+    char why[1536];
+    for (int i = 0; i + 1 < n; i++) {
+        if (try_load(dir, steps[i], m, opt, st, rank, lim, why, sizeof(why))) {
+            int step = steps[i];
+            free(steps);
+            return step;
+        }
+        if (why[0]) fprintf(stderr, "warning: checkpoint: %s; falling back to step %d\n", why, steps[i + 1]);
+        fflush(stderr);
+    }
+    int oldest = steps[n - 1];
+    free(steps);
+    if (try_load(dir, oldest, m, opt, st, rank, lim, why, sizeof(why))) return oldest;
+    char what[256];
+    snprintf(what, sizeof(what), "no usable checkpoint is left (%d complete, every one failed a check): refusing to "
+             "resume", n);
+    refuse(m, why, dir, what);
+    return -1;
 }

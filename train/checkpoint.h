@@ -5,6 +5,8 @@
 //                           the experts were split) + router bias   (rank 0 writes it)
 //   DIR/state_S_rR.bin      rank R's training state as named sections: optimizer state, data position, RNG, ...
 //   DIR/DONE_S              written last, after every other file is complete
+// Version 2 files carry a CRC32C of the whole file in their header (the slot itself taken as zero); version 1
+// files (older builds) have none and are still read, with a warning.
 // Each file is written to a temporary name, flushed to disk and renamed, so a kill at any moment leaves the last
 // complete checkpoint intact; a checkpoint without its DONE marker is ignored.
 #pragma once
@@ -38,11 +40,30 @@ typedef struct {
     size_t bytes;
 } StateSection;
 
+// What the running job bounds a checkpoint's contents by.
+typedef struct {
+    int max_step;        // --steps
+    uint64_t n_windows;  // windows of the training data: the saved data cursor may not pass it
+} CheckpointLimits;
+
 void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, const TrainState* st, int rank);
 // The newest step with a DONE marker in dir, or -1.
 int checkpoint_latest(const char* dir);
-// Loads step `step`; any mismatch with the running configuration is fatal with the file named.
-void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank);
+// Loading reads each file whole and checks it before anything is applied: the checksum, the structure, and every
+// value the next steps depend on (weights, router bias and optimizer moments finite, Adam's second moment >= 0,
+// step, update count, data position and the spike ring in range). Under MPI every rank checks its own state file
+// and the ranks agree before any applies. A file of another run's settings (model, batch layout, optimizer) is
+// fatal with the file named.
+// Loads step `step` (--replay: that checkpoint or none); a failed check is fatal, naming the file and the check.
+void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainState* st, int rank,
+                     const CheckpointLimits* lim);
+// --resume: loads the newest complete checkpoint that passes every check and returns its step. A failed check
+// warns "warning: checkpoint: FILE: CHECK; falling back to step S" and tries the next older complete one; fatal
+// when none is left (or there is none, or the newest is past --steps).
+int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st, int rank, const CheckpointLimits* lim);
+// Checks a model or state file's bytes on their own (no Model, no run: the checks above that need neither) and
+// returns 1 if they pass, else 0 with "what: why" in why. Safe on any input: the entry point for fuzzing.
+int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why_n);
 // Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all). A checkpoint with a
 // keep marker (DIR/KEEP_S, written for the checkpoint before a loss spike) is never removed.
 void checkpoint_prune(const char* dir, int keep);

@@ -2,6 +2,7 @@
 // the previous steps (llm.c's outlier detector); the window lives in the checkpoint, so a resumed or replayed
 // run makes the same decisions.
 #pragma once
+#include <stddef.h>
 
 #define SPIKE_MAX_WINDOW 1024
 #define SPIKE_MIN_VALUES 16  // no verdict until the window has this many values
@@ -18,3 +19,7 @@ void spikes_init(SpikeStats* s, int window);
 // z = (x - mean) / std of the window (sample std); NaN while the window holds fewer than SPIKE_MIN_VALUES
 void spikes_z(const SpikeStats* s, double loss, double norm, double* z_loss, double* z_norm);
 void spikes_push(SpikeStats* s, double loss, double norm);
+// 1 if s is a ring spikes_init/spikes_push could have made (window in range, head and count inside it, the
+// values it holds finite); else 0 with the broken invariant in why. A checkpoint's window is checked with it
+// before use: a window of 0 divides by zero, a head or count outside it indexes past the buffers.
+int spikes_valid(const SpikeStats* s, char* why, size_t why_n);
