@@ -719,7 +719,7 @@ int main(int argc, char** argv) {
                 if (world - rank == (int)failed)
                     fatal("%s; checkpoint of step %d written; restore the file and --resume", train.error, st.step);
                 comm_barrier(&comm);
-                fatal("data: rank %d found a training shard changed; checkpoint of step %d", world - (int)failed, st.step);
+                fatal("data: rank %d found a training shard changed (its error says which)", world - (int)failed);
             }
         }
         if (step + 1 == flags.inject_nan) {  // testing: a NaN gradient must never reach the weights

@@ -40,7 +40,9 @@ typedef struct {
 
 // Opens every file matching pattern (glob, sorted). Any problem (no match, not a regular file (a FIFO is refused
 // without blocking), unreadable, bad magic or version, size that disagrees with the header, too short for one
-// window, a token id >= vocab_size) is fatal with the file named, after freeing what was opened.
+// window, a token id >= vocab_size) is fatal with the file named, after freeing what was opened. The first call
+// installs a SIGBUS handler for reads of a shard that was shortened under its mapping (dataloader.c); a SIGBUS
+// from anywhere else goes on to the handler that was there before.
 void dataloader_init(DataLoader* dl, const char* pattern, const char* flag_name, int T, int vocab_size,
                      int shuffle, uint64_t seed);
 void dataloader_free(DataLoader* dl);
