@@ -78,7 +78,8 @@ static float validate(Model* m, Acts* acts, DataLoader* val, int B, int T, int b
     for (int i = 0; i < batches; i++) {
         if (w + (size_t)B * world > val->n_windows) break;
         for (int b = 0; b < B; b++)
-            dataloader_window(val, w + (size_t)rank * B + b, inp + (size_t)b * T, tgt + (size_t)b * T);
+            if (dataloader_window(val, w + (size_t)rank * B + b, inp + (size_t)b * T, tgt + (size_t)b * T) != 0)
+                fatal("%s, read by the validation; restore the file and --resume from the last checkpoint", val->error);
         w += (size_t)B * world;
         model_forward(m, acts, inp, tgt, B, T);
         sum += m->ce_loss;
@@ -103,6 +104,8 @@ static void sample_text(Model* m, Acts* acts, const Tokenizer* tok, Rng* rng, in
     int T = acts->T;
     int* toks = xmalloc((size_t)T * sizeof(int));
     float* logits = xmalloc((size_t)m->cfg.vocab_size * sizeof(float));
+    // a valid id: tokenizer_init keeps the separator below the tokenizer's vocab, and main() the tokenizer's vocab
+    // within the model's
     toks[0] = tok->loaded ? tok->separator : 0;
     int len = 1;
     size_t cap = 4096, used = 0;
@@ -454,6 +457,7 @@ int main(int argc, char** argv) {
         int last = step == flags.steps - 1;
         if (!flags.replay && have_val && flags.val_every && step % flags.val_every == 0)
             log_validation(&model, &acts, &val, B, T, flags.val_batches, rank, world, step);
+        Rng sample_rng_before = st.sample_rng;  // what a checkpoint of the last step holds (see data_failed below)
         if (!flags.replay && flags.sample_every && step > 0 && step % flags.sample_every == 0)
             sample_text(&model, &sample_acts, &tok, &st.sample_rng, flags.sample_tokens, step);
 
@@ -463,8 +467,15 @@ int main(int argc, char** argv) {
         model_zero_grad(&model);
         model_zero_step_stats(&model);
         double ce = 0.0, aux = 0.0;
+        int data_failed = 0;  // this rank's loader found a shard changed under it (truncated, rewritten)
         for (int micro = 0; micro < grad_accum; micro++) {
-            dataloader_next(&train, inputs, targets, B, rank, world);
+            // A failed rank must still join every collective of forward and backward, or the others would wait
+            // for it forever: it goes on with token 0 everywhere (a valid id) and the step is dropped below.
+            if (!data_failed && dataloader_next(&train, inputs, targets, B, rank, world) != 0) data_failed = 1;
+            if (data_failed) {
+                memset(inputs, 0, (size_t)B * T * sizeof(int));
+                memset(targets, 0, (size_t)B * T * sizeof(int));
+            }
             if (step + 1 == flags.inject_spike) {  // testing: random targets make this step's loss jump
                 Rng r;
                 rng_seed(&r, (uint64_t)flags.seed * 7919 + step * 131 + micro * 17 + rank);
@@ -475,6 +486,27 @@ int main(int argc, char** argv) {
             model_backward(&model, &acts, 1.0f / (grad_accum * world));
             ce += model.ce_loss / grad_accum;
             aux += model.aux_loss / grad_accum;
+        }
+        {
+            // All ranks learn whether one failed (one tiny collective per step, left out of the byte counts).
+            // Then, all together: nothing of this step has reached the weights, the router bias, the optimizer
+            // or st yet (only the gradients and this step's telemetry buffers, both reset at the next step's
+            // start; the sampler's generator is put back to the step's start), so the checkpoint is that of
+            // step st.step. The lowest failed rank names the file; fatal() there ends the job (MPI_Abort), and
+            // the others wait in a barrier it never joins.
+            double failed = data_failed ? world - rank : 0, bytes = comm.bytes_allreduce;
+            comm_allreduce_max_f64(&comm, GROUP_WORLD, &failed, 1);
+            comm.bytes_allreduce = bytes;
+            if (failed > 0) {
+                st.sample_rng = sample_rng_before;
+                if (!flags.replay) checkpoint_save(out_dir, &model, &opt, &st, rank);
+                if (world - rank == (int)failed && flags.replay)
+                    fatal("%s; the replay stopped after step %d; restore the file and replay again", train.error, st.step);
+                if (world - rank == (int)failed)
+                    fatal("%s; checkpoint of step %d written; restore the file and --resume", train.error, st.step);
+                comm_barrier(&comm);
+                fatal("data: rank %d found a training shard changed (its error says which)", world - (int)failed);
+            }
         }
         if (step + 1 == flags.inject_nan) {  // testing: a NaN gradient must never reach the weights
             float nan = NAN;

@@ -23,6 +23,17 @@ Corruptions for negative tests (applied in this order):
   --truncate K       drop the last K bytes of the file
   --append K         append K zero bytes to the file
 
+  shard_tool.py tokenizer OUT.bin --vocab V [--separator S] [--header-vocab N]
+                [--piece-len I:N] [--truncate K] [--append K] [--header-only]
+
+`tokenizer` writes an llm.c tokenizer.bin (int32 header[256] = {20240328, 2,
+vocab, separator}, then per id a uint8 length and the bytes): piece i is
+"t<i>" (id 0, the separator by default, is empty). For negative tests:
+  --separator S      header[3] = S (default 0)
+  --header-vocab N   header[2] = N, while V pieces are written
+  --piece-len I:N    piece I's length byte says N (its bytes are unchanged)
+  --truncate/--append K  as for shards; --header-only  only the 1024-byte header
+
 `info` prints the header, the token count, the size check and min/max token;
 it exits 1 if the file is not a valid shard (or has a token >= --vocab).
 """
@@ -78,6 +89,29 @@ def build(args):
     with open(args.out, "wb") as f:
         f.write(data)
     print(f"wrote {args.out}: version {args.version}, {len(toks)} tokens, {len(data)} bytes")
+
+
+def tokenizer(args):
+    header = [0] * HEADER_INTS
+    header[0], header[1] = 20240328, 2
+    header[2] = args.header_vocab if args.header_vocab is not None else args.vocab
+    header[3] = args.separator
+    data = struct.pack(f"<{HEADER_INTS}i", *header)
+    if not args.header_only:
+        lengths = {}
+        for spec in args.piece_len:
+            i, n = (int(x) for x in spec.split(":"))
+            lengths[i] = n
+        for i in range(args.vocab):
+            piece = b"" if i == 0 else f"t{i}".encode()
+            data += bytes([lengths.get(i, len(piece))]) + piece
+    if args.truncate:
+        data = data[: max(0, len(data) - args.truncate)]
+    if args.append:
+        data += b"\0" * args.append
+    with open(args.out, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.out}: tokenizer, {args.vocab} pieces, {len(data)} bytes")
 
 
 def info(args):
@@ -140,12 +174,24 @@ def main():
     w.add_argument("--inject-at", type=int)
     w.add_argument("--truncate", type=int, default=0, metavar="K")
     w.add_argument("--append", type=int, default=0, metavar="K")
+    t = sub.add_parser("tokenizer", help="write a tokenizer.bin")
+    t.add_argument("out")
+    t.add_argument("--vocab", type=int, required=True)
+    t.add_argument("--separator", type=int, default=0)
+    t.add_argument("--header-vocab", type=int)
+    t.add_argument("--piece-len", action="append", default=[], metavar="I:N")
+    t.add_argument("--truncate", type=int, default=0, metavar="K")
+    t.add_argument("--append", type=int, default=0, metavar="K")
+    t.add_argument("--header-only", action="store_true")
     i = sub.add_parser("info", help="print header, count, min/max token; exit 1 if invalid")
     i.add_argument("file")
     i.add_argument("--vocab", type=int)
     args = ap.parse_args()
     if args.cmd == "write":
         build(args)
+        return 0
+    if args.cmd == "tokenizer":
+        tokenizer(args)
         return 0
     return info(args)
 

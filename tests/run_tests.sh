@@ -76,6 +76,9 @@ fi
 # the trainer end to end: resume determinism, bad input
 run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 
+# untrusted data files: bad tokenizer.bin, FIFOs, shards changed while training (1 and 2 ranks)
+run "data trust" bash tests/test_data_trust.sh "$TMP/data_trust"
+
 # the loss-spike lab: detection, skip, replay, NaN policy
 run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
 
