@@ -8,12 +8,18 @@ void (*fatal_exit_hook)(int code) = default_exit;
 char fatal_prefix[32] = "";
 
 void fatal(const char* fmt, ...) {
+    // the whole line in one write: under mpirun, other ranks' lines and the launcher's abort notice must not
+    // land in the middle of it
+    char line[4096];
+    int n = snprintf(line, sizeof(line), "error: %s", fatal_prefix);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: %s", fatal_prefix);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    if (n >= 0 && n < (int)sizeof(line)) vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
     va_end(ap);
+    size_t len = strlen(line);
+    if (len > sizeof(line) - 2) len = sizeof(line) - 2;
+    line[len] = '\n';
+    fwrite(line, 1, len + 1, stderr);
     fflush(stderr);
     fflush(stdout);
     fatal_exit_hook(1);

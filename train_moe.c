@@ -7,6 +7,9 @@
 #include <math.h>
 #include <errno.h>
 #include <limits.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -22,6 +25,7 @@
 #include "train/dist.h"
 #include "train/flags.h"
 #include "train/settings.h"
+#include "train/log.h"
 
 static Flags flags;  // the command line (train/flags.c has the table of flags)
 // micro-batches per optimizer step: far beyond any sensible accumulation, well inside an int
@@ -29,35 +33,6 @@ static Flags flags;  // the command line (train/flags.c has the table of flags)
 
 // ----------------------------------------------------------------------------
 // logging: a human progress line on stdout, the same numbers and more as JSON lines
-
-static FILE* json_log = NULL;
-
-static void json_string(FILE* f, const char* s) {
-    fputc('"', f);
-    for (const unsigned char* p = (const unsigned char*)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p == '\t') fputs("\\t", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-// JSON has no NaN or infinity: non-finite numbers are written as null
-static void json_num(FILE* f, const char* key, double v) {
-    if (isfinite(v)) fprintf(f, ",\"%s\":%.7g", key, v);
-    else fprintf(f, ",\"%s\":null", key);
-}
-
-static void json_float_array(FILE* f, const float* v, int n) {
-    fputc('[', f);
-    for (int i = 0; i < n; i++) {
-        if (isfinite(v[i])) fprintf(f, "%s%.6g", i ? "," : "", v[i]);
-        else fprintf(f, "%snull", i ? "," : "");
-    }
-    fputc(']', f);
-}
 
 static void format_duration(char* out, size_t n, double s) {
     if (s < 0 || !isfinite(s)) s = 0;
@@ -93,10 +68,10 @@ static float validate(Model* m, Acts* acts, DataLoader* val, int B, int T, int b
 static void log_validation(Model* m, Acts* acts, DataLoader* val, int B, int T, int batches, int rank, int world, int step) {
     float vl = validate(m, acts, val, B, T, batches, rank, world);
     printf("step %d: val loss %.4f\n", step, vl);
-    fprintf(json_log, "{\"type\":\"val\",\"step\":%d", step);
-    json_num(json_log, "val_loss", vl);
-    fprintf(json_log, "}\n");
-    fflush(json_log);
+    fprintf(log_file(), "{\"type\":\"val\",\"step\":%d", step);
+    json_num(log_file(), "val_loss", vl);
+    fprintf(log_file(), "}");
+    log_end_record();
 }
 
 // Samples n tokens after the document separator, multinomial at temperature 1, one forward per token.
@@ -137,11 +112,11 @@ static void sample_text(Model* m, Acts* acts, const Tokenizer* tok, Rng* rng, in
         text[used] = 0;
     }
     printf("---- sample at step %d ----\n%s\n---------------------------\n", step, text);
-    if (json_log) {
-        fprintf(json_log, "{\"type\":\"sample\",\"step\":%d,\"text\":", step);
-        json_string(json_log, text);
-        fprintf(json_log, "}\n");
-        fflush(json_log);
+    if (log_file()) {  // NULL only before the log is opened
+        fprintf(log_file(), "{\"type\":\"sample\",\"step\":%d,\"text\":", step);
+        json_string(log_file(), text);
+        fprintf(log_file(), "}");
+        log_end_record();
     }
     free(text);
     free(toks);
@@ -176,11 +151,72 @@ static int dir_has_run(const char* dir) {
     return access(path, F_OK) == 0 || checkpoint_latest(dir) >= 0;
 }
 
+// --overwrite: the earlier run goes whole (its checkpoints, orphans of killed writes, its log and replay logs)
 static void clear_run_dir(const char* dir) {
     checkpoint_remove_all(dir);
     char path[1024];
     snprintf(path, sizeof(path), "%s/log.jsonl", dir);
     unlink(path);
+    DIR* d = opendir(dir);
+    if (!d) return;
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        int a, b;
+        char tail;
+        if (sscanf(e->d_name, "replay_%d_%d.jsonl%c", &a, &b, &tail) == 2) {
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
+}
+
+static void make_run_dir(const char* dir) {
+    char path[1024];
+    snprintf(path, sizeof(path), "%s", dir);
+    for (char* p = path + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(path, 0755); *p = '/'; }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) fatal("--out %s: cannot create it: %s", dir, strerror(errno));
+}
+
+// One trainer per run directory: an exclusive flock on DIR/train_moe.lock, held until the process ends (the
+// kernel releases it however the process ends, so a killed run never leaves a stale lock). The file holds the
+// holder's pid for the message a second trainer gets.
+static void lock_run_dir(const char* dir) {
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/train_moe.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fatal("--out %s: cannot create the lock file %s: %s", dir, path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = 0;
+        holder[strcspn(holder, "\n")] = 0;
+        fatal("--out %s is in use by another trainer (pid %s holds %s); wait for it or choose another --out", dir,
+              holder[0] ? holder : "?", path);
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        fatal("--out %s: cannot write the lock file %s: %s", dir, path, strerror(errno));
+    // fd stays open (and locked) for the life of the process
+}
+
+// A write to the log failed (a full disk): every rank stops after this step with a checkpoint of it. Only rank 0
+// writes the log, so the ranks agree first (one tiny collective per step, left out of the byte counts).
+static void stop_if_log_failed(Comm* comm, Model* m, Optimizer* opt, TrainState* st, const char* out_dir, int replay) {
+    double failed = log_failed(), bytes = comm->bytes_allreduce;
+    comm_allreduce_max_f64(comm, GROUP_WORLD, &failed, 1);
+    comm->bytes_allreduce = bytes;
+    if (failed == 0) return;
+    if (!replay) checkpoint_save(out_dir, m, opt, st, comm->rank);
+    if (comm->rank == 0) {
+        if (replay) fatal("--out %s: writing %s failed: %s; the replay stopped at step %d", out_dir, log_path(),
+                          log_error(), st->step);
+        fatal("--out %s: writing %s failed: %s; checkpoint of step %d written: make room, then --resume", out_dir,
+              log_path(), log_error(), st->step);
+    }
+    comm_barrier(comm);  // rank 0's fatal() ends the job
+    fatal("rank 0 could not write the log");
 }
 
 // ----------------------------------------------------------------------------
@@ -278,7 +314,7 @@ int main(int argc, char** argv) {
         fatal("tokenizer %s has %d tokens, more than the model's vocab_size %d", flags.tokenizer, tok.vocab_size, cfg.vocab_size);
 
     // --- run directory
-    char out_dir[512];
+    char out_dir[512];  // flags_check refuses a longer --out
     if (flags.out) snprintf(out_dir, sizeof(out_dir), "%s", flags.out);
     else snprintf(out_dir, sizeof(out_dir), "runs/%s", cfg.name);
     int resume_step = -1;
@@ -335,19 +371,15 @@ int main(int argc, char** argv) {
     // only now, with every input checked, write anything (rank 0 writes the log; the others log nowhere)
     comm_barrier(&comm);
     if (rank != 0) {
-        json_log = fopen("/dev/null", "w");
-        if (!json_log) fatal("cannot open /dev/null");
+        log_open(NULL, 0, "--out");
     } else {
+        make_run_dir(out_dir);
+        lock_run_dir(out_dir);  // before anything in it is removed or written: a second trainer stops here
         if (!flags.resume && !flags.replay && flags.overwrite) clear_run_dir(out_dir);
-        char cmd[1024];
-        snprintf(cmd, sizeof(cmd), "%s", out_dir);
-        for (char* p = cmd + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(cmd, 0755); *p = '/'; }
-        if (mkdir(cmd, 0755) != 0 && errno != EEXIST) fatal("--out %s: cannot create it: %s", out_dir, strerror(errno));
         char path[1024];
         if (flags.replay) snprintf(path, sizeof(path), "%s/replay_%d_%d.jsonl", out_dir, replay_from, replay_to);
         else snprintf(path, sizeof(path), "%s/log.jsonl", out_dir);
-        json_log = fopen(path, flags.resume ? "a" : "w");
-        if (!json_log) fatal("--out %s: cannot write %s: %s", out_dir, path, strerror(errno));
+        log_open(path, flags.resume, "--out");
     }
     comm_barrier(&comm);
 
@@ -424,20 +456,21 @@ int main(int argc, char** argv) {
         printf("resumed from step %d\n", st.step);
         // records after this line supersede any earlier ones for the same steps (a run killed after its last
         // checkpoint logged steps that are now redone)
-        fprintf(json_log, "{\"type\":\"resume\",\"step\":%d}\n", st.step);
+        fprintf(log_file(), "{\"type\":\"resume\",\"step\":%d}", st.step);
+        log_end_record();
     }
-    fprintf(json_log, "{\"type\":\"config\",\"model\":\"%s\",\"d_model\":%d,\"n_layers\":%d,\"n_dense_layers\":%d,"
+    fprintf(log_file(), "{\"type\":\"config\",\"model\":\"%s\",\"d_model\":%d,\"n_layers\":%d,\"n_dense_layers\":%d,"
             "\"n_heads\":%d,\"n_experts\":%d,\"top_k\":%d,\"moe_hidden\":%d,\"params_global\":%zu,\"expert_params_global\":%zu,",
             cfg.name, cfg.d_model, cfg.n_layers, cfg.n_dense_layers, cfg.n_heads, cfg.n_experts, cfg.top_k, cfg.moe_hidden,
             model.num_params_global, model.global_layout[P_EXPERT_W13].numel + model.global_layout[P_EXPERT_W2].numel);
-    fprintf(json_log, "\"params\":%zu,\"active_params\":%.0f,"
+    fprintf(log_file(), "\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
             "\"world\":%d,\"ep\":%d,\"grad_clip\":%g,\"warmup\":%d,\"weight_decay\":%g,\"min_lr_frac\":%g,\"spike_z\":%g,"
-            "\"spike_window\":%d,\"skip_spikes\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}\n",
+            "\"spike_window\":%d,\"skip_spikes\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}",
             model.num_params, config_active_params(&cfg), flops_per_token, ops->name, threads, B, T,
             grad_accum, world, flags.ep, flags.grad_clip, flags.warmup, flags.weight_decay, flags.min_lr_frac, flags.spike_z,
             flags.spike_window, flags.skip_spikes, flags.optim, flags.qk_clip_tau, flags.lr, flags.schedule, flags.steps, flags.seed, peak, resume_step);
-    fflush(json_log);
+    log_end_record();
 
     // --- training loop
     int L = cfg.n_layers, H = cfg.n_heads, Lm = cfg_n_moe(&cfg), E = cfg.n_experts;
@@ -533,11 +566,11 @@ int main(int argc, char** argv) {
         if (params_before) ops->to_host(params_before, model.params, model.num_params * sizeof(float));
         if (!finite) {
             st.bad_in_row++;
-            fprintf(json_log, "{\"type\":\"nonfinite\",\"step\":%d,\"in_a_row\":%d", step + 1, st.bad_in_row);
-            json_num(json_log, "loss", loss);
-            json_num(json_log, "grad_norm", norm);
-            fprintf(json_log, "}\n");
-            fflush(json_log);
+            fprintf(log_file(), "{\"type\":\"nonfinite\",\"step\":%d,\"in_a_row\":%d", step + 1, st.bad_in_row);
+            json_num(log_file(), "loss", loss);
+            json_num(log_file(), "grad_norm", norm);
+            fprintf(log_file(), "}");
+            log_end_record();
         } else {
             st.bad_in_row = 0;
         }
@@ -566,12 +599,13 @@ int main(int argc, char** argv) {
             if (!flags.replay && from > 0 && rank == 0) checkpoint_protect(out_dir, from);
             printf("SPIKE at step %d: loss %.4f (z %.1f), grad norm %.3f (z %.1f)%s; replay with --replay %d:%d\n",
                    step + 1, loss, z_loss, norm, z_norm, skip_update ? ", update skipped" : "", from, step + 1);
-            fprintf(json_log, "{\"type\":\"spike\",\"step\":%d", step + 1);
-            json_num(json_log, "loss", loss);
-            json_num(json_log, "loss_z", z_loss);
-            json_num(json_log, "grad_norm", norm);
-            json_num(json_log, "norm_z", z_norm);
-            fprintf(json_log, ",\"action\":\"%s\",\"replay_from\":%d}\n", skip_update ? "skipped" : "logged", from);
+            fprintf(log_file(), "{\"type\":\"spike\",\"step\":%d", step + 1);
+            json_num(log_file(), "loss", loss);
+            json_num(log_file(), "loss_z", z_loss);
+            json_num(log_file(), "grad_norm", norm);
+            json_num(log_file(), "norm_z", z_norm);
+            fprintf(log_file(), ",\"action\":\"%s\",\"replay_from\":%d}", skip_update ? "skipped" : "logged", from);
+            log_end_record();
         }
 
         // --- telemetry
@@ -604,82 +638,82 @@ int main(int argc, char** argv) {
                "maxlogit %.2f%s | load max/mean %.2f | ETA %s%s\n",
                step + 1, flags.steps, loss, aux, lr, norm, dt * 1e3, opt.seconds * 1e3, tok_s, 100 * mfu, max_logit,
                clip_note, worst_imb, eta, !finite ? " | SKIPPED (non-finite)" : skip_update ? " | SKIPPED (spike)" : "");
-        fprintf(json_log, "{\"type\":\"step\",\"step\":%d", step + 1);
-        json_num(json_log, "loss", loss);
-        json_num(json_log, "ce", ce);
-        json_num(json_log, "aux", aux);
-        json_num(json_log, "lr", lr);
-        json_num(json_log, "grad_norm", norm);
-        json_num(json_log, "ms", dt * 1e3);
-        json_num(json_log, "tok_s", tok_s);
-        json_num(json_log, "mfu", mfu);
-        json_num(json_log, "max_logit", max_logit);
-        json_num(json_log, "opt_ms", opt.seconds * 1e3);
+        fprintf(log_file(), "{\"type\":\"step\",\"step\":%d", step + 1);
+        json_num(log_file(), "loss", loss);
+        json_num(log_file(), "ce", ce);
+        json_num(log_file(), "aux", aux);
+        json_num(log_file(), "lr", lr);
+        json_num(log_file(), "grad_norm", norm);
+        json_num(log_file(), "ms", dt * 1e3);
+        json_num(log_file(), "tok_s", tok_s);
+        json_num(log_file(), "mfu", mfu);
+        json_num(log_file(), "max_logit", max_logit);
+        json_num(log_file(), "opt_ms", opt.seconds * 1e3);
         if (world > 1) {
-            json_num(json_log, "allreduce_mb", comm.bytes_allreduce / 1e6);
-            json_num(json_log, "allgather_mb", comm.bytes_allgather / 1e6);
-            json_num(json_log, "alltoall_mb", comm.bytes_alltoall / 1e6);
+            json_num(log_file(), "allreduce_mb", comm.bytes_allreduce / 1e6);
+            json_num(log_file(), "allgather_mb", comm.bytes_allgather / 1e6);
+            json_num(log_file(), "alltoall_mb", comm.bytes_alltoall / 1e6);
         }
         if (ocfg.kind == OPTIM_MUON) {
-            json_num(json_log, "muon_update_rms", opt.muon_update_rms);
-            json_num(json_log, "ns_gflop", opt.ns_flops / 1e9);
+            json_num(log_file(), "muon_update_rms", opt.muon_update_rms);
+            json_num(log_file(), "ns_gflop", opt.ns_flops / 1e9);
         }
         if (flags.profile) {
             double p[PROF_N + 2];
             for (int i = 0; i < PROF_N; i++) p[i] = model.prof_seconds[i];
             p[PROF_N] = skip_update ? 0.0 : opt.ns_seconds;
             p[PROF_N + 1] = skip_update ? 0.0 : opt.seconds - opt.ns_seconds;
-            fprintf(json_log, ",\"prof_ms\":{");
+            fprintf(log_file(), ",\"prof_ms\":{");
             for (int i = 0; i < PROF_N + 2; i++) {
-                fprintf(json_log, "%s\"%s\":%.3f", i ? "," : "",
+                fprintf(log_file(), "%s\"%s\":%.3f", i ? "," : "",
                         i < PROF_N ? prof_names[i] : i == PROF_N ? "newton_schulz" : "optimizer_other", 1e3 * p[i]);
                 prof_total[i] += p[i];
             }
-            fprintf(json_log, "}");
+            fprintf(log_file(), "}");
         }
-        json_num(json_log, "loss_z", z_loss);
-        json_num(json_log, "norm_z", z_norm);
-        fprintf(json_log, ",\"spike\":%d,\"heads_clipped\":%d,\"skipped\":%d", spike, heads_clipped, skip_update);
+        json_num(log_file(), "loss_z", z_loss);
+        json_num(log_file(), "norm_z", z_norm);
+        fprintf(log_file(), ",\"spike\":%d,\"heads_clipped\":%d,\"skipped\":%d", spike, heads_clipped, skip_update);
         if (heads_clipped) {
-            fprintf(json_log, ",\"clipped_heads\":[");
+            fprintf(log_file(), ",\"clipped_heads\":[");
             for (int i = 0, first = 1; i < L * H; i++)
-                if (clipped[i]) { fprintf(json_log, "%s%d", first ? "" : ",", i); first = 0; }
-            fprintf(json_log, "]");
+                if (clipped[i]) { fprintf(log_file(), "%s%d", first ? "" : ",", i); first = 0; }
+            fprintf(log_file(), "]");
         }
-        fprintf(json_log, ",\"max_logit_layer\":");
-        json_float_array(json_log, layer_max, L);
-        fprintf(json_log, ",\"max_logit_head\":");
-        json_float_array(json_log, maxlogit, L * H);
-        fprintf(json_log, ",\"load_imbalance\":");
-        json_float_array(json_log, imbalance, Lm);
+        fprintf(log_file(), ",\"max_logit_layer\":");
+        json_float_array(log_file(), layer_max, L);
+        fprintf(log_file(), ",\"max_logit_head\":");
+        json_float_array(log_file(), maxlogit, L * H);
+        fprintf(log_file(), ",\"load_imbalance\":");
+        json_float_array(log_file(), imbalance, Lm);
         if (flags.replay) {
             // full telemetry: every expert's load, and each tensor's update RMS per layer (experts of a layer
             // together; this rank's experts under --ep)
-            fprintf(json_log, ",\"expert_load\":");
-            json_float_array(json_log, load, Lm * E);
-            fprintf(json_log, ",\"update_rms\":{");
+            fprintf(log_file(), ",\"expert_load\":");
+            json_float_array(log_file(), load, Lm * E);
+            fprintf(log_file(), ",\"update_rms\":{");
             float* now = xmalloc(model.num_params * sizeof(float));
             ops->to_host(now, model.params, model.num_params * sizeof(float));
             for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
                 const ParamTensor* pt = &model.layout[t];
                 int groups = (t == P_EXPERT_W13 || t == P_EXPERT_W2) ? Lm : pt->count;
                 size_t per = groups ? pt->numel / groups : 0;
-                fprintf(json_log, "%s\"%s\":[", t ? "," : "", pt->name);
+                fprintf(log_file(), "%s\"%s\":[", t ? "," : "", pt->name);
                 for (int g = 0; g < groups; g++) {
                     double sq = 0.0;
                     for (size_t i = 0; i < per; i++) {
                         double dlt = (double)now[pt->offset + g * per + i] - params_before[pt->offset + g * per + i];
                         sq += dlt * dlt;
                     }
-                    fprintf(json_log, "%s%.6g", g ? "," : "", sqrt(sq / per));
+                    fprintf(log_file(), "%s%.6g", g ? "," : "", sqrt(sq / per));
                 }
-                fprintf(json_log, "]");
+                fprintf(log_file(), "]");
             }
-            fprintf(json_log, "}");
+            fprintf(log_file(), "}");
             free(now);
         }
-        fprintf(json_log, "}\n");
-        fflush(json_log);
+        fprintf(log_file(), "}");
+        log_end_record();
         if (flags.val_every && (step % flags.val_every == 0 || last)) {
             // the table QK-Clip acts on: max scaled logit of every head this step
             printf("  max logit per head (step %d):\n", step + 1);
@@ -689,6 +723,8 @@ int main(int argc, char** argv) {
                 printf("\n");
             }
         }
+
+        stop_if_log_failed(&comm, &model, &opt, &st, out_dir, flags.replay != NULL);
 
         if (!flags.replay && ((flags.ckpt_every && st.step % flags.ckpt_every == 0) || st.step == flags.steps)) {
             checkpoint_save(out_dir, &model, &opt, &st, rank);
@@ -717,7 +753,8 @@ int main(int argc, char** argv) {
     dataloader_free(&train);
     if (have_val) dataloader_free(&val);
     tokenizer_free(&tok);
-    fclose(json_log);
+    log_close();
+    if (log_failed()) fatal("--out %s: writing %s failed: %s", out_dir, log_path(), log_error());
     comm_finalize(&comm);
     return 0;
 }

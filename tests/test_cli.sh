@@ -287,6 +287,12 @@ expect_error "--schedule bogus" "--schedule" "$NEW" --schedule bogus
 expect_error "--resume with --overwrite" "--resume|--overwrite" "$NEW" --resume --overwrite
 expect_error "--warmup 20 > --steps 10" "--warmup" "$NEW" --steps 10 --warmup 20
 expect_error "--total-batch 100, not a multiple of 2 x 32" "--total-batch" "$NEW" --total-batch 100
+# sizes that overflowed 32-bit arithmetic: 2^41 tokens per step was "0 micro-batches" (trained with loss 0, exit 0)
+expect_error "--total-batch 2^41 (2^35 micro-batches)" "--total-batch|2199023255552" "$NEW" --total-batch 2199023255552
+expect_error "--seq-len 2147483647" "--seq-len" "$NEW" --seq-len 2147483647
+expect_error "--batch-size 2147483647" "--batch-size" "$NEW" --batch-size 2147483647
+expect_error "--batch-size x --seq-len too many routed rows" "--batch-size|--seq-len" "$NEW" --batch-size 1048576 --seq-len 1024
+expect_error "--total-batch 2^63-1 (does not parse)" "--total-batch" "$NEW" --total-batch 9223372036854775808
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && ! grep -q 'return NULL' model/ops_select.c; then
     skip "--device cuda: a GPU is visible and this build has a CUDA backend"
 else
@@ -316,13 +322,13 @@ expect_error "resume with --total-batch 128 (2 micro-batches)" "$E/state_0000001
 expect_error "resume with --seed 7" "$E/state_00000010_r0.bin|--seed" "$E" --resume --seed 7 --steps 10
 expect_error "resume with --steps 5 below the checkpoint's 10" "--steps" "$E" --resume --steps 5
 expect_error "resume an AdamW run with --optim muon" "$E/state_00000010_r0.bin|--optim" "$E" --resume --optim muon --steps 10
-cp -r "$A" "$W/corrupt_model"; truncate -s 100000 "$W/corrupt_model/model_00000010.bin"
+cp -r "$A" "$W/corrupt_model"; drop_ckpt "$W/corrupt_model" 5; truncate -s 100000 "$W/corrupt_model/model_00000010.bin"
 expect_error "resume from a truncated model file" "$W/corrupt_model/model_00000010.bin" "$W/corrupt_model" --resume --steps 10
-cp -r "$A" "$W/corrupt_state"; truncate -s 100000 "$W/corrupt_state/state_00000010_r0.bin"
+cp -r "$A" "$W/corrupt_state"; drop_ckpt "$W/corrupt_state" 5; truncate -s 100000 "$W/corrupt_state/state_00000010_r0.bin"
 expect_error "resume from a truncated state file" "$W/corrupt_state/state_00000010_r0.bin" "$W/corrupt_state" --resume --steps 10
-cp -r "$A" "$W/trailing_model"; printf 'xxxx' >>"$W/trailing_model/model_00000010.bin"
+cp -r "$A" "$W/trailing_model"; drop_ckpt "$W/trailing_model" 5; printf 'xxxx' >>"$W/trailing_model/model_00000010.bin"
 expect_error "resume from a model file with trailing bytes" "$W/trailing_model/model_00000010.bin" "$W/trailing_model" --resume --steps 10
-cp -r "$A" "$W/no_state"; rm "$W/no_state/state_00000010_r0.bin"
+cp -r "$A" "$W/no_state"; drop_ckpt "$W/no_state" 5; rm "$W/no_state/state_00000010_r0.bin"
 expect_error "resume with DONE present but the state file missing" "$W/no_state/state_00000010_r0.bin" "$W/no_state" --resume --steps 10
 # a data error found only once training runs must not have deleted the run --overwrite was asked to replace
 cp -r "$A" "$W/overwrite_bad"

@@ -234,7 +234,8 @@ if [ -z "$why" ]; then pass "validation shard emptied while training: $(grep -m1
 else fail "validation shard emptied while training: $why| stderr: $(oneline "$W/valcut.err")"; fi
 
 # 2 ranks, expert parallel (all-to-all inside forward and backward), 2 micro-batches per step; rank 1 reads its
-# own copy of the shard and only that copy is cut, so only rank 1 sees the failure
+# own copy of the shard (same path, its own working directory, as on two hosts: the ranks' start-up check of their
+# settings sees the same file) and only that copy is cut, so only rank 1 sees the failure
 if ! command -v mpirun >/dev/null || ! grep -q USE_MPI build/.flags 2>/dev/null; then
     skip "2 ranks: mpirun or an MPI build is missing"
     finish
@@ -243,19 +244,19 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader)
 MP=("${FAST[@]}" --threads 1 --val-data "" --tokenizer /nonexistent --steps 16 --sample-every 1 --sample-tokens 4
     --ep 2 --total-batch 256)
-cp "$D/keep.bin" "$D/r0.bin"; cp "$D/keep.bin" "$D/r1.bin"
+mkdir -p "$D/host0" "$D/host1"; cp "$D/keep.bin" "$D/host0/r.bin"; cp "$D/keep.bin" "$D/host1/r.bin"
 MREF=$W/mpi_straight
-timeout 120 "${MPIRUN[@]}" -np 2 "$BIN" "${MP[@]}" --train-data "$D/r0.bin" --ckpt-every 1 --ckpt-keep 0 --out "$MREF" \
+timeout 120 "${MPIRUN[@]}" -np 2 -wdir "$D/host0" "$BIN" "${MP[@]}" --train-data r.bin --ckpt-every 1 --ckpt-keep 0 --out "$MREF" \
     >"$MREF.out" 2>"$MREF.err"
 RC=$?
 if [ $RC -ne 0 ] || [ ! -e "$MREF/DONE_00000016" ]; then fail "2 ranks, straight run: exit $RC, $(oneline "$MREF.err")"; finish; fi
 M=$W/mpi_cut
-cut_during mpi_cut 'truncate -s 2048 "$D/r1.bin"' \
-    "${MPIRUN[@]}" -np 1 "$BIN" "${MP[@]}" --train-data "$D/r0.bin" --ckpt-every 2 --out "$M" : \
-                   -np 1 "$BIN" "${MP[@]}" --train-data "$D/r1.bin" --ckpt-every 2 --out "$M"
+cut_during mpi_cut 'truncate -s 2048 "$D/host1/r.bin"' \
+    "${MPIRUN[@]}" -np 1 -wdir "$D/host0" "$BIN" "${MP[@]}" --train-data r.bin --ckpt-every 2 --out "$M" : \
+                   -np 1 -wdir "$D/host1" "$BIN" "${MP[@]}" --train-data r.bin --ckpt-every 2 --out "$M"
 msg=$(grep -m1 "error:" "$M.err")
 S=$(stopped_step "$M.err")
-if [ $RC -ne 0 ] && [ $RC -ne 124 ] && [[ "$msg" == *"[rank 1] data: $D/r1.bin changed while training"* ]] && [ -n "$S" ] \
+if [ $RC -ne 0 ] && [ $RC -ne 124 ] && [[ "$msg" == *"[rank 1] data: r.bin changed while training"* ]] && [ -n "$S" ] \
     && awk -v t="$DT" 'BEGIN {exit !(t < 20)}'; then
     pass "2 ranks, rank 1's shard cut: both ranks ended ${DT}s after the cut (exit $RC): $msg"
 else
@@ -266,9 +267,9 @@ if [ -n "$S" ] && [ -e "$M/state_$(printf %08d "$S")_r1.bin" ] && same_ckpt "$M"
 else
     fail "2 ranks: checkpoint of step '$S' missing or different; files: $(ls "$M" 2>/dev/null | tr '\n' ' ')"
 fi
-cp "$D/keep.bin" "$D/r1.bin"
-timeout 120 "${MPIRUN[@]}" -np 1 "$BIN" "${MP[@]}" --train-data "$D/r0.bin" --ckpt-every 2 --resume --out "$M" : \
-    -np 1 "$BIN" "${MP[@]}" --train-data "$D/r1.bin" --ckpt-every 2 --resume --out "$M" >"$M.resume.out" 2>"$M.resume.err"
+cp "$D/keep.bin" "$D/host1/r.bin"
+timeout 120 "${MPIRUN[@]}" -np 1 -wdir "$D/host0" "$BIN" "${MP[@]}" --train-data r.bin --ckpt-every 2 --resume --out "$M" : \
+    -np 1 -wdir "$D/host1" "$BIN" "${MP[@]}" --train-data r.bin --ckpt-every 2 --resume --out "$M" >"$M.resume.out" 2>"$M.resume.err"
 RC=$?
 if [ $RC -eq 0 ] && [ -n "$S" ] && grep -q "resumed from step $S" "$M.resume.out" && same_ckpt "$M" "$MREF" 16; then
     pass "2 ranks: file restored, --resume from step $S: model and both states of step 16 byte-identical to the straight run's"

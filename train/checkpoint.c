@@ -225,7 +225,41 @@ static int sorted_done_steps(const char* dir, int** steps) {
     return n;
 }
 
+// Files of checkpoints that never completed or were half removed: a kill during a write leaves *.tmp files, a
+// kill during pruning (which removes the DONE marker first) leaves model and state files without their marker.
+// Neither can ever be loaded. Only called between checkpoints (rank 0, after every rank's part of the newest one
+// is on disk), so no file counted here is still being written.
+static void remove_orphans(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return;
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        const char* name = e->d_name;
+        size_t len = strlen(name);
+        int step = -1, r;
+        char tail;
+        int is_tmp = len > 4 && !strcmp(name + len - 4, ".tmp");
+        int ours = !strncmp(name, "model_", 6) || !strncmp(name, "state_", 6) || !strncmp(name, "DONE_", 5) ||
+                   !strncmp(name, "KEEP_", 5);
+        if (!ours) continue;
+        if (!is_tmp) {
+            if (sscanf(name, "model_%d.bi%c", &step, &tail) == 2 && tail == 'n') {}
+            else if (sscanf(name, "state_%d_r%d.bi%c", &step, &r, &tail) == 3 && tail == 'n') {}
+            else if (sscanf(name, "KEEP_%d%c", &step, &tail) == 1) {}
+            else continue;  // DONE markers, and names this trainer does not write
+            char done[1024];
+            path_of(done, sizeof(done), dir, "DONE", step, -1);
+            if (access(done, F_OK) == 0) continue;
+        }
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 void checkpoint_prune(const char* dir, int keep) {
+    remove_orphans(dir);
     if (keep <= 0) return;
     int* steps;
     int n = sorted_done_steps(dir, &steps);
@@ -254,6 +288,7 @@ void checkpoint_remove_all(const char* dir) {
     int n = sorted_done_steps(dir, &steps);
     remove_steps(dir, steps, 0, n);
     free(steps);
+    remove_orphans(dir);
 }
 
 // ---- loading. Every file is read whole into host memory and checked (checksum, structure, ranges) before any of

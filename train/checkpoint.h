@@ -65,9 +65,10 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
 // returns 1 if they pass, else 0 with "what: why" in why. Safe on any input: the entry point for fuzzing.
 int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why_n);
 // Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all). A checkpoint with a
-// keep marker (DIR/KEEP_S, written for the checkpoint before a loss spike) is never removed.
+// keep marker (DIR/KEEP_S, written for the checkpoint before a loss spike) is never removed. Also removes the
+// files of checkpoints that never completed (no DONE marker, *.tmp: left by a kill during a write or a prune).
 void checkpoint_prune(const char* dir, int keep);
 // Marks checkpoint `step` to survive pruning (the replay of a spike starts there).
 void checkpoint_protect(const char* dir, int step);
-// Removes every complete checkpoint in dir (--overwrite).
+// Removes every checkpoint file in dir, complete or not (--overwrite).
 void checkpoint_remove_all(const char* dir);

@@ -13,6 +13,7 @@
 // lengths, steps+1); anything larger is not a run this trainer can hold in memory anyway.
 #define MAX_COUNT 1e9         // steps, intervals, step numbers
 #define MAX_DIM (1 << 20)     // batch size, sequence length, tokens per sample, validation batches
+#define MAX_OUT_PATH 511      // characters of --out
 
 const FlagSpec flag_specs[] = {
     // name             type     field               default                        lo  hi  choices  attrs  help
@@ -242,6 +243,11 @@ void flags_check(Flags* f) {
             if (!v || !in_choices(s->choices, v)) fatal("flag %s = '%s' must be one of: %s", s->name, v ? v : "", s->choices);
         }
     }
+    // the run directory's path must fit, whole, in the buffers every file name in it is built in (a cut path
+    // would put the run, or with --overwrite a deletion, in another folder)
+    if (f->out && strlen(f->out) > MAX_OUT_PATH)
+        fatal("flag --out is %zu characters long; at most %d are allowed", strlen(f->out), MAX_OUT_PATH);
+    if (f->out && !f->out[0]) fatal("flag --out is empty");
     if (f->resume && f->overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
     if (f->replay && (f->resume || f->overwrite))
         fatal("flag --replay re-runs part of a run in --out; it conflicts with --resume and --overwrite");
