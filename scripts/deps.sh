@@ -6,7 +6,7 @@ set -euo pipefail
 what=${1:-build}
 case "$what" in
     build) pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev" ;;
-    test)  pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev python3 python3-numpy python3-torch openmpi-bin libopenmpi-dev" ;;
+    test)  pkgs="gcc make libc6-dev libopenblas-openmp-dev libopenblas-dev python3 python3-numpy python3-torch openmpi-bin libopenmpi-dev iproute2" ;;
     mpi)   pkgs="openmpi-bin libopenmpi-dev" ;;
     *) echo "usage: scripts/deps.sh build|test|mpi" >&2; exit 2 ;;
 esac

@@ -16,7 +16,21 @@ NP=${2:?usage: scripts/launch_hosts.sh HOSTFILE NP [train_moe flags...]}
 shift 2
 [ -f "$HOSTFILE" ] || { echo "launch_hosts: no hostfile $HOSTFILE" >&2; exit 1; }
 THREADS=${THREADS:-1}
+# A host that drops off the network (link down, power loss, frozen kernel) sends no reset: TCP retransmits for
+# ~15 minutes and OpenMPI's daemons probe an idle link only after 300 s + 9 x 20 s, so every rank would wait in
+# its collective for many minutes. TCP keepalive on the daemons' links (answered by the peer's kernel, so a busy
+# host never trips it) finds a silent host after at most 10 + 4 x 5 = 30 s of silence; mpirun then ends the job
+# with "ORTE has lost communication with a remote daemon" and a non-zero exit, and the cut-off host's daemon kills
+# its own ranks. Resume from the last checkpoint (tests/test_hosts.sh cuts a link mid-run). Override by setting
+# these variables before launching; exported, they reach every host's daemon.
+export OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-10}
+export OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-5}
+export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-4}
 ROOT_FLAGS=()
 [ "$(id -u)" -eq 0 ] && ROOT_FLAGS=(--allow-run-as-root)
+# OpenMPI carries only -x variables to other hosts: pass the OpenBLAS settings (OPENBLAS_CORETYPE picks the matmul
+# kernels, whose rounding differs between kernel types), so every rank computes like a rank on this machine
+ENV_FLAGS=(-x OMP_NUM_THREADS="$THREADS")
+for v in $(compgen -e | grep '^OPENBLAS_' || true); do ENV_FLAGS+=(-x "$v"); done
 exec mpirun "${ROOT_FLAGS[@]}" --hostfile "$HOSTFILE" --map-by slot --bind-to none -np "$NP" \
-    -x OMP_NUM_THREADS="$THREADS" ./train_moe --threads "$THREADS" "$@"
+    "${ENV_FLAGS[@]}" ./train_moe --threads "$THREADS" "$@"

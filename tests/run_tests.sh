@@ -97,6 +97,17 @@ run "ranks agree" bash tests/test_ranks.sh "$TMP/ranks"
 # damaged checkpoints: checksum and range checks, fallback to the previous checkpoint, refusal when none is left
 run "checkpoint trust" bash tests/test_ckpt_trust.sh "$TMP/ckpt_trust"
 
+# scripts/launch_hosts.sh on two hosts made of network namespaces (veth, OpenMPI over TCP): equal to one host; a cut
+# link ends every rank within 60 s; resume continues bit-identically (SKIP without root / ip netns)
+run "two hosts" bash tests/test_hosts.sh "$TMP/hosts"
+
+# the run directory and its log: a failed log write, a full disk, non-UTF-8 samples, a long --out, a second
+# trainer on one --out, orphan checkpoint files
+run "run directory" bash tests/test_run_dir.sh "$TMP/run_dir"
+
+# every log the tests above wrote is strict JSON lines in strict UTF-8
+run "logs are strict JSON" $PY tests/check_logs.py "$TMP"
+
 echo "===="
 echo "$passed passed, $failed failed ($skipped skipped)"
 [ "$failed" -eq 0 ]
