@@ -6,31 +6,7 @@ cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/train_moe_tests.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0; failed=0; skipped=0
-
-run() {  # run NAME CMD...: runs the command, shows its output, adds up its summary line
-    local name=$1; shift
-    echo "==== $name"
-    local out rc
-    out=$("$@" 2>&1); rc=$?
-    echo "$out"
-    local line
-    line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
-    if [ -z "$line" ]; then
-        echo "FAIL $name: no summary line (exit code $rc)"
-        failed=$((failed + 1))
-        return
-    fi
-    local p f s
-    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
-    f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-    s=$(echo "$line" | grep -oE '[0-9]+ skipped' | grep -oE '[0-9]+' || echo 0)
-    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + ${s:-0}))
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        echo "FAIL $name: exit code $rc"
-        failed=$((failed + 1))
-    fi
-}
+. tests/suite.sh  # run NAME CMD...: one suite, added up; suite_end: the total line
 
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck
@@ -88,6 +64,4 @@ run "plots" bash tests/test_plots.sh "$TMP/plots"
 # several processes under mpirun: equal to one process, ZeRO-1 split, resume, failures
 run "mpi" bash tests/test_mpi.sh "$TMP/mpi"
 
-echo "===="
-echo "$passed passed, $failed failed ($skipped skipped)"
-[ "$failed" -eq 0 ]
+suite_end
