@@ -196,7 +196,7 @@ test-asan:
 # fuzz/corpus/NAME/ for FUZZ_SECONDS; a crash is copied into fuzz/regressions/NAME/ and fails the run.
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer-no-link $(SAN_FLAGS) $(STD_WARN) -Wno-unknown-pragmas -I$(OPENBLAS_INC)
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer-no-link $(SAN_FLAGS) $(STD_WARN) -Wno-unknown-pragmas -Wno-pass-failed -I. -I$(OPENBLAS_INC)
 FUZZ_SRC = $(wildcard fuzz/fuzz_*.c)
 FUZZ_BINS = $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_OBJ = $(CPU_CORE_SRC:%.c=build-fuzz/%.o)
@@ -213,6 +213,8 @@ build-fuzz/fuzz_%: build-fuzz/fuzz/fuzz_%.o $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(ASAN_LDLIBS)
 
 fuzz-build: $(FUZZ_BINS)
+# kept between builds (make deletes the objects that only pattern rules name)
+.SECONDARY: $(FUZZ_OBJ) $(FUZZ_SRC:%.c=build-fuzz/%.o)
 
 # each target in turn; the closing line counts the targets (and their regression inputs) that passed and failed
 fuzz:
