@@ -1,6 +1,7 @@
 // tests/asan_canary.c: shows that tests/run_asan.sh would see a sanitizer finding. `asan_canary heap` reads one
-// element past a malloc'd array (AddressSanitizer), `asan_canary ubsan` overflows a signed int (UBSan); built with
-// the sanitizer flags, each must leave a report and a non-zero exit. With no argument it does nothing wrong.
+// element past a malloc'd array (AddressSanitizer), `asan_canary ubsan` overflows a signed int (UBSan),
+// `asan_canary leak` drops its only pointer to a block (LeakSanitizer); built with the sanitizer flags, each must
+// leave a report and a non-zero exit. With no argument it does nothing wrong.
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,10 @@ int main(int argc, char** argv) {
         volatile int big = INT_MAX;
         int sum = big + n;
         printf("sum %d\n", sum);
+    } else if (!strcmp(kind, "leak")) {
+        void* volatile lost = malloc(1000);
+        lost = NULL;
+        (void)lost;
     }
     return 0;
 }

@@ -5,8 +5,12 @@
 #
 # Sanitizer reports go to files (log_path), not only to stderr: a bad-input test that expects a non-zero exit, or
 # one that discards the trainer's stderr, would otherwise take a sanitizer's abort for the expected failure. After
-# each suite any report file is shown and counted as a failure. Leak detection is on (LeakSanitizer), but every
-# process that dies by fatal() exits without freeing, so leaks are only looked for in exits with status 0.
+# each suite any report file is shown and counted as a failure.
+# Leaks: LeakSanitizer is on for the C tests and for one clean trainer run (train, checkpoint, resume, validate,
+# sample; it must exit 0 with no report). It is off for the trainer's shell tests: most of their runs end in fatal(),
+# whose exit(1) comes from deep inside a function, and at -O1 the buffers of that function that only its dead
+# locals still point to look leaked (seen: train_moe.c's step buffers on the "non-finite steps in a row" stop).
+# Those are not leaks (the process is ending) and nothing in the code should bend to hide them.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -52,15 +56,15 @@ sanitized() {
     fi
 }
 
-# first, that a finding would be seen: a planted heap overflow and a planted signed overflow must each leave a
-# report and a non-zero exit
+# first, that a finding would be seen: a planted heap overflow, signed overflow and leak must each leave a report
+# and a non-zero exit
 echo "==== the sanitizers are live"
-for kind in heap ubsan; do
+for kind in heap ubsan leak; do
     build-asan/tests/asan_canary "$kind" > /dev/null 2>&1
     rc=$?
     nrep=$(ls "$REPORTS" | wc -l)
-    if [ "$rc" -ne 0 ] && [ "$nrep" -ge 1 ] && grep -qE "heap-buffer-overflow|signed integer overflow" "$REPORTS"/*; then
-        echo "PASS canary: a planted $kind error is reported ($(grep -ohE 'heap-buffer-overflow|signed integer overflow' "$REPORTS"/* | head -n 1), exit $rc)"
+    if [ "$rc" -ne 0 ] && [ "$nrep" -ge 1 ] && grep -qE "heap-buffer-overflow|signed integer overflow|detected memory leaks" "$REPORTS"/*; then
+        echo "PASS canary: a planted $kind error is reported ($(grep -ohE 'heap-buffer-overflow|signed integer overflow|detected memory leaks' "$REPORTS"/* | head -n 1), exit $rc)"
         passed=$((passed + 1))
     else
         echo "FAIL canary: a planted $kind error went unseen (exit $rc, $nrep report files): ASAN_OPTIONS/UBSAN_OPTIONS or the build flags are wrong"
@@ -93,6 +97,31 @@ parity k2-routing-muon --config k2route --optim muon --ns polar --muon_router 0 
 SHELL_TESTS="test_cli test_spikes"
 # bad-input tests of the checkpoint and data readers, once they are in the tree
 for t in test_ckpt_trust test_data_trust; do [ -f "tests/$t.sh" ] && SHELL_TESTS="$SHELL_TESTS $t"; done
+# one clean run with leak detection: must exit 0 and leave no report
+leak_run() {
+    local D=$TMP/leakrun out=$TMP/leakrun.out
+    mkdir -p "$D"
+    $PY data/shard_tool.py write "$D/train_0.bin" --random 8000 --vocab 4096 --seed 1 > /dev/null &&
+        $PY data/shard_tool.py write "$D/val_0.bin" --random 2000 --vocab 4096 --seed 2 > /dev/null ||
+        { echo "FAIL leak run: data/shard_tool.py write"; echo "0 passed, 1 failed"; return 1; }
+    local args=(--model k2-l1 --batch-size 2 --seq-len 32 --threads 2 --peak-gflops 100 --tokenizer /nonexistent
+                --train-data "$D/train_0.bin" --val-data "$D/val_0.bin" --val-every 2 --val-batches 1
+                --sample-every 3 --sample-tokens 8 --ckpt-every 2 --ckpt-keep 1 --out "$D/run")
+    local rc1 rc2
+    timeout 300 "$TRAIN_MOE_BIN" "${args[@]}" --steps 4 > "$out" 2>&1; rc1=$?
+    timeout 300 "$TRAIN_MOE_BIN" "${args[@]}" --steps 6 --resume >> "$out" 2>&1; rc2=$?
+    if [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ]; then
+        echo "PASS leak run: 4 steps, then --resume to 6 (validation, samples, checkpoints), both exit 0"
+        echo "1 passed, 0 failed"
+    else
+        tail -n 5 "$out"
+        echo "FAIL leak run: exit codes $rc1, $rc2"; echo "0 passed, 1 failed"
+    fi
+}
+sanitized "trainer, leak-checked" leak_run
+
+# the rest of the trainer's runs without leak detection (see the top)
+export ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}"
 for t in $SHELL_TESTS; do
     if [ -f "tests/$t.sh" ]; then
         sanitized "$t" bash "tests/$t.sh" "$TMP/$t"
