@@ -1,5 +1,7 @@
 # train_moe: `make` builds the trainer, `make train` prepares the default data and trains k2-nano,
 # `make test` runs every test, `make test-cuda` builds and runs the CUDA op tests (they SKIP without a GPU),
+# `make test-asan` runs the C tests and the trainer's CLI tests under AddressSanitizer + UBSan (build-asan/),
+# `make fuzz` runs every libFuzzer target in fuzz/ for FUZZ_SECONDS each (build-fuzz/),
 # `make data` prepares the default corpus, `make clean` removes build outputs.
 
 # MPI: with Debian's OpenMPI (mpicc) the binary runs under mpirun; without it (or with `make MPI=0`),
@@ -14,7 +16,9 @@ endif
 CC ?= gcc
 CFLAGS ?= -O3 -march=native
 CFLAGS += $(MPI_FLAGS)
-CFLAGS += -std=gnu11 -fopenmp -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+# the language and warnings every build shares (the normal, the sanitizer and the fuzzing builds)
+STD_WARN = -std=gnu11 -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+CFLAGS += -fopenmp $(STD_WARN)
 LDLIBS = -lm
 
 # OpenBLAS: prefer Debian's OpenMP build, whose sgemm runs single-threaded when called inside our own parallel
@@ -89,7 +93,7 @@ CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/test
 
 TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon $(CUDA_TEST_BINS)
 
-.PHONY: all test test-cuda data train clean
+.PHONY: all test test-cuda test-asan asan fuzz fuzz-build data train clean
 all: train_moe
 
 # the Debian packages the build needs (installed when run as root, else the exact apt-get line is printed)
@@ -141,5 +145,83 @@ test-cuda:
 	$(MAKE) $(CUDA_TEST_BINS)
 	@rc=0; for t in $(CUDA_TEST_BINS); do echo "==== $$t"; ./$$t || rc=1; done; exit $$rc
 
+# ----------------------------------------------------------------------------
+# Sanitizers: the CPU trainer and the C tests with AddressSanitizer and UndefinedBehaviorSanitizer, objects in
+# build-asan/ (never mixed with build/), CPU only (no CUDA backend), with MPI when mpicc is there. -O1 keeps the
+# runs affordable; any UB report ends the process (-fno-sanitize-recover), so a finding is a failed test.
+# tests/run_asan.sh runs the C tests and the trainer's shell tests against build-asan/train_moe (TRAIN_MOE_BIN).
+SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# clang, not gcc: gcc puts UBSan in a runtime of its own (libubsan) whose reports ignore log_path, the option
+# tests/run_asan.sh collects every report through; clang's one runtime honours it for both. With MPI, OpenMPI's
+# wrapper runs clang (OMPI_CC).
+ASAN_CC = $(if $(MPI_FLAGS),OMPI_CC=clang mpicc,clang)
+ASAN_CFLAGS = -O1 -g $(SAN_FLAGS) $(MPI_FLAGS) -fopenmp $(STD_WARN) -Wno-pass-failed -I$(OPENBLAS_INC)
+ASAN_LDLIBS = -lm $(BLAS_LIBS)
+# the core without the CUDA backend: model/ops_select.c stands in for it (as in a CUDA=0 build)
+CPU_CORE_SRC = $(filter-out $(COMM_SRC) model/ops_select.c,$(CORE_SRC)) model/ops_select.c
+ASAN_OBJ = $(CPU_CORE_SRC:%.c=build-asan/%.o)
+ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon
+# a planted heap overflow and signed overflow: run_asan.sh checks that each is reported (the sanitizers are live)
+ASAN_CANARY = build-asan/tests/asan_canary
+
+build-asan/.flags: FORCE
+	@mkdir -p build-asan
+	@echo '$(ASAN_CC) $(ASAN_CFLAGS)' | cmp -s - $@ || echo '$(ASAN_CC) $(ASAN_CFLAGS)' > $@
+
+build-asan/%.o: %.c $(HEADERS) build-asan/.flags | build/.deps-build
+	@mkdir -p $(dir $@)
+	$(ASAN_CC) $(ASAN_CFLAGS) -c $< -o $@
+
+$(ASAN_TEST_BINS:%=%.o): $(wildcard tests/*.h)
+
+build-asan/train_moe: build-asan/train_moe.o $(ASAN_OBJ)
+	$(ASAN_CC) $(ASAN_CFLAGS) $^ -o $@ $(ASAN_LDLIBS)
+
+build-asan/tests/%: build-asan/tests/%.o $(ASAN_OBJ)
+	$(ASAN_CC) $(ASAN_CFLAGS) $^ -o $@ $(ASAN_LDLIBS)
+
+asan: build-asan/train_moe $(ASAN_TEST_BINS) $(ASAN_CANARY)
+
+$(ASAN_CANARY): build-asan/tests/asan_canary.o
+	$(ASAN_CC) $(ASAN_CFLAGS) $^ -o $@
+
+test-asan:
+	bash scripts/deps.sh test
+	$(MAKE) asan
+	bash tests/run_asan.sh
+
+# ----------------------------------------------------------------------------
+# Fuzzing: every fuzz/fuzz_NAME.c is a libFuzzer target (LLVMFuzzerTestOneInput), built with Debian's clang into
+# build-fuzz/fuzz_NAME against the CPU core built with clang's fuzzer instrumentation (no MPI, no CUDA, no OpenMP:
+# one thread is what the fuzzer wants). fuzz/run.sh replays fuzz/regressions/NAME/ and then fuzzes from
+# fuzz/corpus/NAME/ for FUZZ_SECONDS; a crash is copied into fuzz/regressions/NAME/ and fails the run.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer-no-link $(SAN_FLAGS) $(STD_WARN) -Wno-unknown-pragmas -Wno-pass-failed -I. -I$(OPENBLAS_INC)
+FUZZ_SRC = $(wildcard fuzz/fuzz_*.c)
+FUZZ_BINS = $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
+FUZZ_OBJ = $(CPU_CORE_SRC:%.c=build-fuzz/%.o)
+
+build-fuzz/.flags: FORCE
+	@mkdir -p build-fuzz
+	@echo '$(FUZZ_CC) $(FUZZ_CFLAGS)' | cmp -s - $@ || echo '$(FUZZ_CC) $(FUZZ_CFLAGS)' > $@
+
+build-fuzz/%.o: %.c $(HEADERS) build-fuzz/.flags | build/.deps-build
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+build-fuzz/fuzz_%: build-fuzz/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(ASAN_LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+# kept between builds (make deletes the objects that only pattern rules name)
+.SECONDARY: $(FUZZ_OBJ) $(FUZZ_SRC:%.c=build-fuzz/%.o)
+
+# each target in turn; the closing line counts the targets (and their regression inputs) that passed and failed
+fuzz:
+	bash scripts/deps.sh test
+	$(MAKE) fuzz-build
+	bash fuzz/run.sh all $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build train_moe
+	rm -rf build build-asan build-fuzz train_moe

@@ -2,8 +2,9 @@
 #     . "$(dirname "$0")/lib.sh" NAME "$@"
 # Goes to the repository root (ROOT) and sets START, the work folder W (the script's first argument, kept; else a
 # temporary folder removed at exit), PY, quiet OpenMP waiting (threads sleep instead of spinning: on a loaded
-# 2-core machine spinning slows a 2-thread run ~10x; results do not depend on it), and pass / fail / skip / finish,
-# which count the checks and end with "N passed, N failed, N skipped" (what tests/run_tests.sh adds up).
+# 2-core machine spinning slows a 2-thread run ~10x; results do not depend on it), BIN, the trainer under test
+# ($TRAIN_MOE_BIN, else ./train_moe; `make test-asan` points it at the sanitizer build), and pass / fail / skip /
+# finish, which count the checks and end with "N passed, N failed, N skipped" (what tests/run_tests.sh adds up).
 set -u
 TEST_NAME=$1
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ else
     trap 'rm -rf "$W"' EXIT
 fi
 W=$(cd "$W" && pwd)
+BIN=${TRAIN_MOE_BIN:-$ROOT/train_moe}
 npass=0; nfail=0; nskip=0
 pass() { echo "PASS $*"; npass=$((npass + 1)); }
 fail() { echo "FAIL $*"; nfail=$((nfail + 1)); }

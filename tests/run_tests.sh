@@ -6,31 +6,7 @@ cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/train_moe_tests.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0; failed=0; skipped=0
-
-run() {  # run NAME CMD...: runs the command, shows its output, adds up its summary line
-    local name=$1; shift
-    echo "==== $name"
-    local out rc
-    out=$("$@" 2>&1); rc=$?
-    echo "$out"
-    local line
-    line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
-    if [ -z "$line" ]; then
-        echo "FAIL $name: no summary line (exit code $rc)"
-        failed=$((failed + 1))
-        return
-    fi
-    local p f s
-    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
-    f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-    s=$(echo "$line" | grep -oE '[0-9]+ skipped' | grep -oE '[0-9]+' || echo 0)
-    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + ${s:-0}))
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        echo "FAIL $name: exit code $rc"
-        failed=$((failed + 1))
-    fi
-}
+. tests/suite.sh  # run NAME CMD...: one suite, added up; suite_end: the total line
 
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck
@@ -108,6 +84,4 @@ run "run directory" bash tests/test_run_dir.sh "$TMP/run_dir"
 # every log the tests above wrote is strict JSON lines in strict UTF-8
 run "logs are strict JSON" $PY tests/check_logs.py "$TMP"
 
-echo "===="
-echo "$passed passed, $failed failed ($skipped skipped)"
-[ "$failed" -eq 0 ]
+suite_end

@@ -12,7 +12,6 @@
 # non-zero exit below 128 (no crash). With 2 MPI ranks, a damaged rank-1 state file makes both ranks fall back.
 # Damage under a correct checksum is written by tests/ckpt_tool.py, which knows the file layout.
 . "$(dirname "$0")/lib.sh" ckpt_trust "$@"
-BIN=${TRAIN_MOE_BIN:-$ROOT/train_moe}
 if [ ! -x "$BIN" ]; then
     make -s CUDA=0 train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
 fi

@@ -13,7 +13,6 @@
 #    while checkpoints are being written leaves a resumable run.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" cli "$@"
-BIN=$ROOT/train_moe
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/test_data_trust.sh: the data files are not trusted (shards and tokenizer.bin).
 #
-#   bash tests/test_data_trust.sh [WORKDIR]          (TRAIN_MOE=/path/to/other/train_moe tests another binary)
+#   bash tests/test_data_trust.sh [WORKDIR]          (TRAIN_MOE_BIN=path: test another build of the trainer)
 #
 # 1. tokenizer.bin: a separator id outside the vocab (it starts every sample), a piece length running past the
 #    end, trailing bytes, a bad vocab size, a truncated header, a FIFO or a directory: each exits 1 with one
@@ -17,7 +17,6 @@
 #    rank 1's shard is cut: both ranks end within seconds.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" data_trust "$@"
-BIN=${TRAIN_MOE:-$ROOT/train_moe}
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
 fi

@@ -20,9 +20,12 @@ static void rd(void* dst, size_t bytes) {
 }
 static float* rd_f32(size_t n) { float* p = xmalloc(n * sizeof(float) + 1); rd(p, n * sizeof(float)); return p; }
 static int* rd_i32(size_t n) { int* p = xmalloc(n * sizeof(int) + 1); rd(p, n * sizeof(int)); return p; }
-static double* to_f64(const float* a, size_t n) {
+// a float32 array of the file, widened to float64
+static double* rd_f32_as_f64(size_t n) {
+    float* a = rd_f32(n);
     double* d = xmalloc(n * sizeof(double) + 1);
     for (size_t i = 0; i < n; i++) d[i] = a[i];
+    free(a);
     return d;
 }
 
@@ -82,18 +85,18 @@ int main(int argc, char** argv) {
     int* targets = rd_i32(N);
     float* params0 = rd_f32(n);
     float* bias0 = rd_f32((size_t)Lm * E);
-    double* ref_logits = to_f64(rd_f32((size_t)N * V), (size_t)N * V);
+    double* ref_logits = rd_f32_as_f64((size_t)N * V);
     float* ref_losses = rd_f32(3);
-    double* ref_maxlogit = to_f64(rd_f32((size_t)L * H), (size_t)L * H);
+    double* ref_maxlogit = rd_f32_as_f64((size_t)L * H);
     int* ref_sel = rd_i32((size_t)Lm * N * K);
-    double* ref_grads = to_f64(rd_f32(n), n);
+    double* ref_grads = rd_f32_as_f64(n);
     float ref_norm;
     rd(&ref_norm, sizeof(float));
     float* ref_step_loss = rd_f32(n_steps);
     float* ref_step_lr = rd_f32(n_steps);
-    double* ref_params_after = to_f64(rd_f32(n), n);
-    double* ref_bias_after = to_f64(rd_f32((size_t)Lm * E), (size_t)Lm * E);
-    double* ref_step_maxlogit = to_f64(rd_f32((size_t)n_steps * L * H), (size_t)n_steps * L * H);
+    double* ref_params_after = rd_f32_as_f64(n);
+    double* ref_bias_after = rd_f32_as_f64((size_t)Lm * E);
+    double* ref_step_maxlogit = rd_f32_as_f64((size_t)n_steps * L * H);
     int* ref_step_clipped = rd_i32(n_steps);
     if (fgetc(fh) != EOF) { fprintf(stderr, "error: %s has trailing bytes\n", path); return 2; }
     fclose(fh);
@@ -231,5 +234,8 @@ int main(int argc, char** argv) {
     acts_free(&a, &m);
     optimizer_free(&opt, &m);
     model_free(&m);
+    free(tokens); free(targets); free(params0); free(bias0); free(ref_logits); free(ref_losses); free(ref_maxlogit);
+    free(ref_sel); free(ref_grads); free(ref_step_loss); free(ref_step_lr); free(ref_params_after);
+    free(ref_bias_after); free(ref_step_maxlogit); free(ref_step_clipped); free(logits); free(maxlogit); free(bias);
     return tests_summary();
 }

@@ -18,11 +18,11 @@
 oneline() { tail -n 3 "$1" 2>/dev/null | tr '\n' ' ' | cut -c1-300; }
 
 export MPLBACKEND=Agg
+# a missing test dependency is a failure, not a skip: `make test` installs it (scripts/deps.sh test)
 if ! "$PY" -c 'import matplotlib, numpy' 2>/dev/null; then
-    skip "plots: $PY has no matplotlib/numpy (apt-get install python3-matplotlib python3-numpy)"
+    fail "plots: $PY has no matplotlib/numpy (apt-get install python3-matplotlib python3-numpy)"
     finish
 fi
-BIN=$ROOT/train_moe
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(oneline "$W/make.log")"; finish; }
 fi

@@ -9,7 +9,6 @@
 # that differ in content behind the same path (each rank in its own working directory, as on two hosts), and a
 # flag that may differ (--threads) must not stop the run.
 . "$(dirname "$0")/lib.sh" ranks "$@"
-BIN=$ROOT/train_moe
 
 if ! command -v mpirun > /dev/null; then
     skip "every check: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)"

@@ -14,7 +14,6 @@
 #    prune and by --overwrite.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" run_dir "$@"
-BIN=$ROOT/train_moe
 
 D=$W/data
 mkdir -p "$D"

@@ -7,7 +7,6 @@
 #
 #   bash tests/test_spikes.sh [WORKDIR]
 . "$(dirname "$0")/lib.sh" spike "$@"
-BIN=./train_moe
 oneline() { tr '\n' ' ' < "$1" | cut -c1-300; }
 
 # a shard with structure, so the model learns within a few dozen steps and random targets stand out: a

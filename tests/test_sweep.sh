@@ -17,7 +17,6 @@ if ! "$PY" -c 'import numpy, matplotlib' 2>/dev/null; then
     fail "python: $PY needs numpy and matplotlib (apt-get install python3-numpy python3-matplotlib)"
     finish
 fi
-BIN=$ROOT/train_moe
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
 fi
