@@ -337,7 +337,7 @@ expect_error "--overwrite with a bad token read at step 1 keeps the old run" "$B
 cp -r "$A" "$W/overwrite_ok"
 trainer "$W/overwrite_ok" "${COMMON[@]}" --out "$W/overwrite_ok" --overwrite --steps 2 --ckpt-every 0
 left=$(cd "$W/overwrite_ok" && ls | tr '\n' ' ')
-if [ $RC -eq 0 ] && [ "$left" = "DONE_00000002 log.jsonl model_00000002.bin state_00000002_r0.bin " ] \
+if [ $RC -eq 0 ] && [ "$left" = "DONE_00000002 log.jsonl model_00000002.bin state_00000002_r0.bin train_moe.lock " ] \
     && [ "$(grep -c '"type":"config"' "$W/overwrite_ok/log.jsonl")" -eq 1 ]; then
     pass "--overwrite replaces the earlier run: left $left, log.jsonl with one config record"
 else

@@ -9,14 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MODEL_MAGIC 20261127
-#define STATE_MAGIC 20261128
-#define CKPT_VERSION 2  // 2: CRC32C of the whole file in the header; 1 (still read): no checksum
-#define MODEL_HEADER_INTS 256
-#define STATE_HEADER_INTS 64
-// where the CRC32C sits in each header (int32 index); the CRC covers the whole file with this slot zero
-#define MODEL_CRC_SLOT 22
-#define STATE_CRC_SLOT 5
 
 static void path_of(char* out, size_t n, const char* dir, const char* kind, int step, int rank) {
     if (rank >= 0) snprintf(out, n, "%s/%s_%08d_r%d.bin", dir, kind, step, rank);

@@ -14,6 +14,16 @@
 #include "../optim/optim.h"
 #include "spikes.h"
 
+// the file format (tests/ckpt_tool.py and fuzz/fuzz_checkpoint.c read it too)
+#define MODEL_MAGIC 20261127
+#define STATE_MAGIC 20261128
+#define CKPT_VERSION 2  // 2: CRC32C of the whole file in the header; 1 (still read): no checksum
+#define MODEL_HEADER_INTS 256
+#define STATE_HEADER_INTS 64
+// where the CRC32C sits in each header (int32 index); the CRC covers the whole file with this slot zero
+#define MODEL_CRC_SLOT 22
+#define STATE_CRC_SLOT 5
+
 // Everything besides the model and the optimizer that the next step depends on.
 typedef struct {
     int step;               // optimizer steps completed

@@ -57,7 +57,7 @@ for t in $TESTS; do
             CC_T=mpicc; CXX_T=mpicxx; MPI_DEF=-DUSE_MPI; MPI_ARG=--mpi
         fi
         T_OBJ=()
-        for f in $C_SRC train_moe.c data/dataloader.c data/tokenizer.c train/checkpoint.c train/dist.c train/spikes.c; do
+        for f in $C_SRC train_moe.c $(cd $R && ls data/*.c train/*.c); do  # every data/ and train/ source
             o=$B/t_$(echo $f | tr / _ | sed 's/\.c$/.o/')
             $CC_T $SAN -g -std=gnu11 -fopenmp -w -I$OBI -DCOMM_CUDA $MPI_DEF -c $R/$f -o $o
             T_OBJ+=($o)
