@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Every JSON-lines log under the given folders parses as strict JSON in strict UTF-8.
 
-    check_logs.py DIR [DIR...]
+    check_logs.py [--exclude SUBSTRING]... DIR [DIR...]
+
+(--exclude: leave out files whose path contains SUBSTRING, e.g. a test's deliberately broken hand-made log)
 
 Strict: the bytes decode as UTF-8 with no invalid sequence (Python's decoder refuses overlong forms, surrogates
 and code points past U+10FFFF); each line is one JSON object; no NaN/Infinity constants (JSON has none); the file
@@ -36,10 +38,18 @@ def check(path):
 
 
 def main():
+    args, exclude, dirs = sys.argv[1:], [], []
+    while args:
+        a = args.pop(0)
+        if a == "--exclude" and args:
+            exclude.append(args.pop(0))
+        else:
+            dirs.append(a)
     files = []
-    for d in sys.argv[1:]:
+    for d in dirs:
         for root, _, names in os.walk(d):
             files += [os.path.join(root, n) for n in names if n.endswith(".jsonl")]
+    files = [f for f in files if not any(x in f for x in exclude)]
     passed = failed = 0
     for f in sorted(files):
         why = check(f)
@@ -49,7 +59,7 @@ def main():
         else:
             passed += 1
     if not files:
-        print(f"FAIL no .jsonl log under {' '.join(sys.argv[1:])}")
+        print(f"FAIL no .jsonl log under {' '.join(dirs)}")
         failed += 1
     else:
         print(f"PASS {passed} of {len(files)} logs are strict JSON lines in strict UTF-8")

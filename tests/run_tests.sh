@@ -81,7 +81,8 @@ run "two hosts" bash tests/test_hosts.sh "$TMP/hosts"
 # trainer on one --out, orphan checkpoint files
 run "run directory" bash tests/test_run_dir.sh "$TMP/run_dir"
 
-# every log the tests above wrote is strict JSON lines in strict UTF-8
-run "logs are strict JSON" $PY tests/check_logs.py "$TMP"
+# every log the tests above wrote is strict JSON lines in strict UTF-8 (but the plot test's hand-made log, broken
+# on purpose)
+run "logs are strict JSON" $PY tests/check_logs.py --exclude /plots/handmade/ "$TMP"
 
 suite_end
