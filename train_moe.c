@@ -346,8 +346,9 @@ int main(int argc, char** argv) {
     model_init(&model, &cfg, ops, &comm, NULL, (uint64_t)flags.seed);
     model.balance_alpha = flags.balance_alpha;
     model.profile = flags.profile;
-    OptimConfig ocfg = {!strcmp(flags.optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, flags.beta1, flags.beta2,
-                        flags.adam_eps, flags.weight_decay, flags.muon_momentum, flags.ns, flags.muon_router};
+    OptimConfig ocfg = {.kind = !strcmp(flags.optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, .b1 = flags.beta1,
+                        .b2 = flags.beta2, .eps = flags.adam_eps, .weight_decay = flags.weight_decay,
+                        .mu = flags.muon_momentum, .ns_table = flags.ns, .muon_router = flags.muon_router};
     Optimizer opt;
     optimizer_init(&opt, &model, &ocfg);
     TrainState st = {0};

@@ -17,7 +17,6 @@ typedef struct {
 
 float lr_at(const LRSchedule* s, int step);  // step is 0-based
 int lr_shape_parse(const char* name, LRShape* out);
-const char* lr_shape_name(LRShape s);
 
 // ---- the optimizer: AdamW for everything, or Muon for the hidden matrices and AdamW for the rest
 typedef enum { OPTIM_ADAMW, OPTIM_MUON } OptimKind;

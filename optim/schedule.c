@@ -33,5 +33,3 @@ int lr_shape_parse(const char* name, LRShape* out) {
     if (!strcmp(name, "constant")) { *out = LR_CONSTANT; return 1; }
     return 0;
 }
-
-const char* lr_shape_name(LRShape s) { return s == LR_COSINE ? "cosine" : s == LR_WSD ? "wsd" : "constant"; }
