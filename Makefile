@@ -82,7 +82,8 @@ CORE_SRC = common.c model/config.c model/params.c model/model.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \
-           train/flags.c train/settings.c train/log.c comm/comm.c $(COMM_SRC)
+           train/flags.c train/settings.c train/log.c train/setup.c train/loop.c train/report.c \
+           comm/comm.c $(COMM_SRC)
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)
 CUDA_HEADERS = $(HEADERS) $(wildcard model/cuda/*.cuh)
