@@ -45,6 +45,11 @@ int main(int argc, char** argv) {
     // --- set up (every input is checked before anything is written)
     static Run run;
     setup_config(&run, &flags, &comm);
+    if (flags.print_layout) {
+        checkpoint_print_layout(&run.cfg, stdout);  // (rank 0's: the others' stdout is silenced)
+        comm_finalize(&comm);
+        return 0;
+    }
     setup_backend(&run);
     setup_data(&run);
     setup_start(&run);

@@ -142,44 +142,44 @@ def list_models(trainer):
 # ---------------------------------------------------------------------------------------------------------------
 # model files and SVD entropy
 
-HEADER_FIELDS = ["vocab_size", "d_model", "n_layers", "n_dense_layers", "n_heads", "q_lora", "kv_lora", "qk_nope",
-                 "qk_rope", "v_head", "n_experts", "top_k", "moe_hidden", "dense_hidden", "seq_len"]
+def trainer_layout(argv):
+    """The model file layout of the trainer run `argv` (the trainer and its flags: --model, --seq-len, ...): the JSON
+    of `argv --print-layout`, the trainer's own account of the file's header slots and its parameter tensors."""
+    out = subprocess.run(list(argv) + ["--print-layout"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError("%s --print-layout: %s" % (argv[0], out.stderr.strip() or "exit %d" % out.returncode))
+    return json.loads(out.stdout)
 
 
-def param_layout(c):
-    """The global parameter layout of model/MODEL.md: [(name, shape)] in order."""
-    V, d, L, Ld, H = c["vocab_size"], c["d_model"], c["n_layers"], c["n_dense_layers"], c["n_heads"]
-    ql, kvl, nope, rope, dv = c["q_lora"], c["kv_lora"], c["qk_nope"], c["qk_rope"], c["v_head"]
-    E, f, fd = c["n_experts"], c["moe_hidden"], c["dense_hidden"]
-    Lm, dqk = L - Ld, nope + rope
-    return [("wte", (V, d)), ("attn_norm", (L, d)), ("wdq", (L, ql, d)), ("q_norm", (L, ql)),
-            ("wuq", (L, H * dqk, ql)), ("wdkv", (L, kvl + rope, d)), ("kv_norm", (L, kvl)),
-            ("wukv", (L, H * (nope + dv), kvl)), ("wo", (L, d, H * dv)), ("ffn_norm", (L, d)),
-            ("dense_w13", (Ld, 2 * fd, d)), ("dense_w2", (Ld, d, fd)), ("router", (Lm, E, d)),
-            ("shared_w13", (Lm, 2 * f, d)), ("shared_w2", (Lm, d, f)), ("expert_w13", (Lm, E, 2 * f, d)),
-            ("expert_w2", (Lm, E, d, f)), ("final_norm", (d,)), ("lm_head", (V, d))]
-
-
-def read_model(path):
-    """(config dict, {tensor name: array}, router_bias) from a model_<step>.bin checkpoint."""
+def read_model(path, layout):
+    """(config dict, {tensor name: array}, router_bias) from a model_<step>.bin checkpoint, carved by `layout`
+    (trainer_layout of the run that wrote it); a file of another model or size is refused."""
+    hd = layout["header"]
+    ints = hd["ints"]
     raw = np.fromfile(path, dtype="<f4")
-    h = raw[:256].view("<i4")
-    cfg = {k: int(h[3 + i]) for i, k in enumerate(HEADER_FIELDS)}
-    cfg["step"] = int(h[2])
-    n = int(h[20]) | (int(h[21]) << 31)
-    layout = param_layout(cfg)
-    want = sum(int(np.prod(s)) for _, s in layout)
-    if want != n:
-        raise ValueError("%s: header says %d parameters, the MODEL.md layout of its config has %d" % (path, n, want))
-    nb = (cfg["n_layers"] - cfg["n_dense_layers"]) * cfg["n_experts"]
-    if raw.size != 256 + n + nb:
-        raise ValueError("%s: %d floats, expected 256 + %d params + %d router bias" % (path, raw.size, n, nb))
-    params, off = {}, 256
-    for name, shape in layout:
-        size = int(np.prod(shape))
-        params[name] = raw[off:off + size].reshape(shape)
-        off += size
-    return cfg, params, raw[off:off + nb]
+    if raw.size < ints:
+        raise ValueError("%s: %d floats, shorter than the %d-int header" % (path, raw.size, ints))
+    h = raw[:ints].view("<i4")
+    if int(h[0]) != hd["magic"]:
+        raise ValueError("%s: magic %d, not a model file (%d)" % (path, int(h[0]), hd["magic"]))
+    cfg = {k: int(h[slot]) for k, slot in hd["config_slots"].items()}
+    cfg["step"] = int(h[hd["step_slot"]])
+    lo, hi = hd["num_params_slots"]
+    n = int(h[lo]) | (int(h[hi]) << 31)
+    for k, v in layout["config"].items():
+        if cfg[k] != v:
+            raise ValueError("%s: the header has %s %d, the layout of %s %d" % (path, k, cfg[k], layout["model"], v))
+    if n != layout["num_params"]:
+        raise ValueError("%s: header says %d parameters, the trainer's layout of its config has %d"
+                         % (path, n, layout["num_params"]))
+    nb = layout["router_bias"]
+    if raw.size != ints + n + nb:
+        raise ValueError("%s: %d floats, expected %d + %d params + %d router bias" % (path, raw.size, ints, n, nb))
+    params = {}
+    for t in layout["tensors"]:
+        off = ints + t["offset"]
+        params[t["name"]] = raw[off:off + t["numel"]].reshape(t["shape"])
+    return cfg, params, raw[ints + n:ints + n + nb]
 
 
 def svd_entropy(mats):
@@ -196,9 +196,9 @@ def svd_entropy(mats):
     return -plogp.sum(axis=-1) / math.log(n)
 
 
-def model_entropies(path):
-    """{group: {matrix kind: [entropies]}} for every weight matrix of a model file."""
-    cfg, p, _ = read_model(path)
+def model_entropies(path, layout):
+    """{group: {matrix kind: [entropies]}} for every weight matrix of a model file (read with `layout`)."""
+    cfg, p, _ = read_model(path, layout)
     fd, f = cfg["dense_hidden"], cfg["moe_hidden"]
     out = {g: {} for g in GROUPS}
     for name in ["wdq", "wuq", "wdkv", "wukv", "wo"]:
@@ -416,7 +416,7 @@ class Sweep:
                 res["wall_s"] = old["wall_s"]
         mpath = os.path.join(train_dir, "model_%08d.bin" % steps)
         if os.path.exists(mpath):
-            ent = model_entropies(mpath)
+            ent = model_entropies(mpath, trainer_layout(self.trainer_argv(cfg, train_dir)))
             write_json(os.path.join(run_dir, "entropy.json"), ent)
             res["entropy"] = {g: float(group_values(ent, g).mean()) for g in GROUPS if group_values(ent, g).size}
         if not self.args.keep_state:

@@ -6,7 +6,7 @@
 # 1. fits: L = a C^b recovered from exact points and from points with 0.2% noise; E + a C^b recovered; the
 #    compute ratio of two power laws with a known ratio, and its bootstrap interval covers it.
 # 2. SVD entropy: identity -> 1, rank one -> 0, a known spectrum -> its formula; a model file written by the
-#    trainer parses with the MODEL.md layout (the header's parameter count).
+#    trainer parses with the layout the trainer prints (--print-layout), and a layout of another model is refused.
 # 3. the sweep: k2-l1 and k2-l2, seq 64, a few steps, 3-point lr grids with one extension, both optimizers: every
 #    run finished, results.csv / series.csv / fits.json / entropy.csv / report.md / scaling.png / lr_sweep.png exist
 #    and parse; a second invocation trains nothing; a run whose DONE marker is removed is the only one rerun.
@@ -153,13 +153,29 @@ for png in ('scaling.png', 'lr_sweep.png'):
 print('ok %d rows, fits for 3 series, ratio %.3g, two PNGs' % (len(rows), fits['compute_ratio']['muon_tuned']['ratio']))
 "
 
-check "model file: MODEL.md layout matches the header" "
+check "model file: the trainer's --print-layout carves it, matching its header" "
 import glob, scaling_sweep as s
 p = sorted(glob.glob('$S/k2-l2-adamw-*/train/model_00000006.bin'))[0]
-cfg, params, bias = s.read_model(p)
-assert cfg['d_model'] == 48 and cfg['n_experts'] == 384 and params['expert_w13'].shape == (1, 384, 24, 48), cfg
+lay = s.trainer_layout(['$BIN', '--model', 'k2-l2', '--seq-len', '64'])
+cfg, params, bias = s.read_model(p, lay)
+assert cfg['d_model'] == 48 and cfg['n_experts'] == 384 and cfg['step'] == 6, cfg
+assert params['expert_w13'].shape == (1, 384, 24, 48) and params['wte'].shape == (4096, 48), cfg
+assert params['final_norm'].shape == (48,) and params['dense_w2'].shape == (1, 48, 108), cfg
 assert bias.shape == (384,)
+# the carving is the file's bytes: the last tensor ends where the router bias begins
+raw = open(p, 'rb').read()
+assert params['lm_head'].tobytes() == raw[1024 + 4 * lay['tensors'][-1]['offset']:][:4 * params['lm_head'].size]
 print('ok %s: %d tensors, %d router biases' % (p.split('/')[-3], len(params), bias.size))
+"
+
+check "model file: a layout of another model is refused, naming the field" "
+import glob, scaling_sweep as s
+p = sorted(glob.glob('$S/k2-l2-adamw-*/train/model_00000006.bin'))[0]
+lay = s.trainer_layout(['$BIN', '--model', 'k2-l1', '--seq-len', '64'])
+try:
+    s.read_model(p, lay); print('bad: read with the k2-l1 layout')
+except ValueError as e:
+    assert 'd_model' in str(e), e; print('ok ' + str(e).split(': ', 1)[1])
 "
 
 # resumability: nothing new the second time

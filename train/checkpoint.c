@@ -87,6 +87,45 @@ static void config_to_header(const ModelConfig* c, int32_t* h) {
 static const char* const header_field_names[] = {"vocab_size", "d_model", "n_layers", "n_dense_layers", "n_heads",
     "q_lora", "kv_lora", "qk_nope", "qk_rope", "v_head", "n_experts", "top_k", "moe_hidden", "dense_hidden", "seq_len"};
 
+#define N_HEADER_FIELDS (int)(sizeof(header_field_names) / sizeof(header_field_names[0]))
+#define MODEL_NPARAMS_SLOT 20  // the parameter count: low 31 bits here, the rest in the next slot
+
+// The shape of tensor t of the whole model: single tensors (embedding, final norm, head) have no leading
+// dimension; per-layer ones lead with their layer count, even when it is 0 or 1; the experts with (MoE layers,
+// experts). Norm gains are vectors.
+static int tensor_shape(const ModelConfig* c, const ParamTensor* p, int t, int* dims) {
+    int n = 0;
+    if (t == P_EXPERT_W13 || t == P_EXPERT_W2) { dims[n++] = cfg_n_moe(c); dims[n++] = c->n_experts; }
+    else if (t != P_WTE && t != P_FINAL_NORM && t != P_LM_HEAD) dims[n++] = p->count;
+    if (p->kind != PARAM_NORM) dims[n++] = p->rows;
+    dims[n++] = p->cols;
+    return n;
+}
+
+void checkpoint_print_layout(const ModelConfig* c, FILE* f) {
+    ParamTensor layout[NUM_PARAM_TENSORS];
+    size_t n = param_layout(c, c->n_experts, layout);
+    int32_t h[MODEL_HEADER_INTS] = {0};
+    config_to_header(c, h);
+    fprintf(f, "{\"model\":\"%s\",\"header\":{\"ints\":%d,\"bytes\":%zu,\"magic\":%d,\"version\":%d,\"step_slot\":2,"
+            "\"crc_slot\":%d,\"num_params_slots\":[%d,%d],\"config_slots\":{", c->name, MODEL_HEADER_INTS,
+            MODEL_HEADER_INTS * sizeof(int32_t), MODEL_MAGIC, CKPT_VERSION, MODEL_CRC_SLOT, MODEL_NPARAMS_SLOT,
+            MODEL_NPARAMS_SLOT + 1);
+    for (int i = 0; i < N_HEADER_FIELDS; i++) fprintf(f, "%s\"%s\":%d", i ? "," : "", header_field_names[i], 3 + i);
+    fprintf(f, "}},\"config\":{");
+    for (int i = 0; i < N_HEADER_FIELDS; i++) fprintf(f, "%s\"%s\":%d", i ? "," : "", header_field_names[i], h[3 + i]);
+    fprintf(f, "},\"num_params\":%zu,\"router_bias\":%zu,\"tensors\":[", n, (size_t)cfg_n_moe(c) * c->n_experts);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor* p = &layout[t];
+        int dims[4], nd = tensor_shape(c, p, t, dims);
+        fprintf(f, "%s{\"name\":\"%s\",\"offset\":%zu,\"numel\":%zu,\"count\":%d,\"shape\":[", t ? "," : "", p->name,
+                p->offset, p->numel, p->count);
+        for (int d = 0; d < nd; d++) fprintf(f, "%s%d", d ? "," : "", dims[d]);
+        fprintf(f, "]}");
+    }
+    fprintf(f, "]}\n");
+}
+
 void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, const TrainState* st, int rank) {
     if (rank == 0) ensure_dir(dir);
     if (m->comm) comm_barrier(m->comm);  // the directory exists before any rank writes into it
@@ -104,8 +143,8 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
         h[1] = CKPT_VERSION;
         h[2] = st->step;
         config_to_header(&m->cfg, h);
-        h[20] = (int32_t)(n & 0x7fffffff);
-        h[21] = (int32_t)(n >> 31);
+        h[MODEL_NPARAMS_SLOT] = (int32_t)(n & 0x7fffffff);
+        h[MODEL_NPARAMS_SLOT + 1] = (int32_t)(n >> 31);
         path_of(path, sizeof(path), dir, "model", st->step, -1);
         AtomicFile af;
         atomic_open(&af, path);
@@ -370,7 +409,7 @@ static int parse_model_bytes(const uint8_t* buf, size_t len, const char* path, M
     if (n_dense < 0 || n_dense > n_layers || n_layers > 65536 || n_experts < 0 || n_experts > (1 << 20))
         return bad(why, why_n, path, "impossible layer or expert counts in the header (n_layers %d, n_dense_layers "
                    "%d, n_experts %d)", n_layers, n_dense, n_experts);
-    mb->n = (size_t)(uint32_t)h[20] | ((size_t)(uint32_t)h[21] << 31);
+    mb->n = (size_t)(uint32_t)h[MODEL_NPARAMS_SLOT] | ((size_t)(uint32_t)h[MODEL_NPARAMS_SLOT + 1] << 31);
     mb->nb = (size_t)(n_layers - n_dense) * n_experts;
     size_t payload = len - hb;
     if (payload % 4) return bad(why, why_n, path, "%zu bytes after the header, not a whole number of floats", payload);

@@ -74,6 +74,10 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
 // Checks a model or state file's bytes on their own (no Model, no run: the checks above that need neither) and
 // returns 1 if they pass, else 0 with "what: why" in why. Safe on any input: the entry point for fuzzing.
 int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why_n);
+// The model file of config c as JSON on f (--print-layout; scripts/scaling_sweep.py reads model files with it):
+// the header's size, magic, version and slots (step, config fields, parameter count) with c's values, the parameter
+// count, each tensor's name, offset (in floats after the header), numel, count and shape, and the router bias.
+void checkpoint_print_layout(const ModelConfig* c, FILE* f);
 // Removes checkpoints older than the newest `keep` complete ones (keep <= 0: keep all). A checkpoint with a
 // keep marker (DIR/KEEP_S, written for the checkpoint before a loss spike) is never removed. Also removes the
 // files of checkpoints that never completed (no DONE marker, *.tmp: left by a kill during a write or a prune).

@@ -116,6 +116,8 @@ const FlagSpec flag_specs[] = {
      "testing: give step N random targets (a loss spike)"},
     {"--list-models", F_BOOL, FIELD(list_models), NULL, 0, 0, NULL, 0,
      "print every preset with its parameter and FLOP counts"},
+    {"--print-layout", F_BOOL, FIELD(print_layout), NULL, 0, 0, NULL, 0,
+     "print the model file's layout as JSON (header fields, each tensor's offset and shape) and exit"},
     {"--help", F_BOOL, FIELD(help), NULL, 0, 0, NULL, 0,
      "this list"},
 };

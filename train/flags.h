@@ -43,6 +43,7 @@ typedef struct {
     int inject_spike;         // testing: step whose targets are replaced by random tokens
     int profile;              // per-op time breakdown
     int list_models;
+    int print_layout;         // print the model file's layout as JSON and exit
     int help;
 } Flags;
 
