@@ -105,6 +105,7 @@ done <<'TABLE'
 --inject-nan 2
 --inject-spike 2
 --list-models
+--print-layout
 --help
 TABLE
 
