@@ -9,14 +9,6 @@
 #include <mpi.h>
 #endif
 
-int comm_built_with_mpi(void) {
-#ifdef USE_MPI
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 #ifdef USE_MPI
 typedef struct {
     MPI_Comm world, ep, dp;
@@ -100,14 +92,6 @@ void comm_set_device(Comm* c, int device_buffers) {
 #else
     fatal("comm: device buffers, but this binary was built without the CUDA backend");
 #endif
-}
-
-const char* comm_device_path(const Comm* c) {
-#ifdef COMM_CUDA
-    if (c->device) return commcuda_path(c);
-#endif
-    (void)c;
-    return "host";
 }
 
 void comm_finalize(Comm* c) {

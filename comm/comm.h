@@ -41,10 +41,7 @@ void comm_set_ep(Comm* c, int ep, int n_experts);
 // after the backend chose and set its GPU, after comm_set_ep). Collective: every rank must pass the same value
 // (fatal otherwise). With 1 and several ranks it sets up NCCL (or host staging) and says which on stdout.
 void comm_set_device(Comm* c, int device_buffers);
-// "host" (host buffers, or a single process), "nccl" or "staged" (device buffers through host memory and MPI)
-const char* comm_device_path(const Comm* c);
 void comm_finalize(Comm* c);
-int comm_built_with_mpi(void);
 
 static inline int comm_group_size(const Comm* c, CommGroup g) { return g == GROUP_WORLD ? c->world : g == GROUP_EP ? c->ep : c->dp; }
 static inline int comm_group_rank(const Comm* c, CommGroup g) { return g == GROUP_WORLD ? c->rank : g == GROUP_EP ? c->ep_rank : c->dp_rank; }

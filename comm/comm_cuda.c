@@ -170,11 +170,6 @@ void commcuda_finalize(Comm* c) {
     c->dev = NULL;
 }
 
-const char* commcuda_path(const Comm* c) {
-    DevState* s = state(c);
-    return s->path == DEV_NCCL ? "nccl" : s->path == DEV_STAGED ? "staged" : "local";
-}
-
 int commcuda_direct(const Comm* c) { return state(c)->path == DEV_NCCL; }
 
 // ---- collectives

@@ -7,7 +7,6 @@
 // rank 0 prints which
 void commcuda_init(Comm* c);
 void commcuda_finalize(Comm* c);
-const char* commcuda_path(const Comm* c);  // "nccl", "staged" or "local" (a single process)
 int commcuda_direct(const Comm* c);        // 1 on NCCL
 void commcuda_allreduce_f32(Comm* c, CommGroup g, float* buf, size_t n, int max);
 void commcuda_alltoallv(Comm* c, CommGroup g, const void* send, const size_t* scounts, const size_t* sdispls,

@@ -45,7 +45,6 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     m->cfg = *cfg;
     m->ops = ops;
     m->comm = comm;
-    m->balance_alpha = 1e-4f;
     int ep = comm ? comm->ep : 1;
     m->n_local_experts = cfg->n_experts / ep;
     m->first_expert = comm ? comm->ep_rank * m->n_local_experts : 0;
@@ -78,8 +77,6 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     m->prof_cat = PROF_NONE;
     model_zero_step_stats(m);
 }
-
-static int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
 
 void model_set_params(Model* m, const float* global) {
     float* local = xmalloc(m->num_params * sizeof(float));

@@ -139,7 +139,7 @@ typedef struct {
     float* expert_load;     // (Lm, E) routed choices per expert, backend memory
     float* aux_acc;         // (1) balance loss of the last forward, backend memory
     // training hyper-parameters that enter the loss
-    float balance_alpha;    // sequence-wise balance loss weight (default 1e-4)
+    float balance_alpha;    // sequence-wise balance loss weight: 0 from model_init, set by the caller (--balance-alpha)
     // results of the last forward with targets
     float ce_loss;          // mean cross-entropy
     float aux_loss;         // balance loss summed over MoE layers

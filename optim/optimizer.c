@@ -6,7 +6,6 @@
 
 const char* optim_kind_name(OptimKind k) { return k == OPTIM_MUON ? "muon" : "adamw"; }
 
-static int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
 static CommGroup tensor_group(int t) { return is_expert_tensor(t) ? GROUP_DP : GROUP_WORLD; }
 
 // Splits every tensor among the members of its group. Deterministic: every rank computes the same table.
