@@ -286,7 +286,7 @@ int main(int argc, char** argv) {
     } else {
         ops = &ops_cpu;
     }
-    comm_set_device(&comm, ops != &ops_cpu);  // the model's buffers: GPU memory -> NCCL (or staged) collectives
+    comm_set_device(&comm, ops != &ops_cpu, ops_cuda_stream());  // the model's buffers: GPU memory -> NCCL (or staged) collectives
     if (flags.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(flags.threads);

@@ -72,7 +72,7 @@ void comm_set_ep(Comm* c, int ep, int n_experts) {
 #endif
 }
 
-void comm_set_device(Comm* c, int device_buffers) {
+void comm_set_device(Comm* c, int device_buffers, void* stream) {
     device_buffers = device_buffers != 0;
     if (c->mpi && c->world > 1) {
         // every rank the same: a CPU rank among GPU ranks (--device auto where some see no GPU) would exchange fp32
@@ -88,8 +88,9 @@ void comm_set_device(Comm* c, int device_buffers) {
     c->device = device_buffers;
     if (!device_buffers) return;
 #ifdef COMM_CUDA
-    commcuda_init(c);
+    commcuda_init(c, stream);
 #else
+    (void)stream;
     fatal("comm: device buffers, but this binary was built without the CUDA backend");
 #endif
 }

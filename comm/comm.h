@@ -39,8 +39,10 @@ void comm_init(Comm* c, int* argc, char*** argv);
 void comm_set_ep(Comm* c, int ep, int n_experts);
 // Where the model's buffers live: 0 host memory (CPU backend), 1 device memory of the CUDA backend's GPU (call
 // after the backend chose and set its GPU, after comm_set_ep). Collective: every rank must pass the same value
-// (fatal otherwise). With 1 and several ranks it sets up NCCL (or host staging) and says which on stdout.
-void comm_set_device(Comm* c, int device_buffers);
+// (fatal otherwise). With 1 and several ranks it sets up NCCL (or host staging) and says which on stdout. stream:
+// with device buffers, the CUDA stream (a cudaStream_t) their producers run on (ops_cuda_stream()), so the
+// collectives follow the kernels that wrote the data; ignored with host buffers.
+void comm_set_device(Comm* c, int device_buffers, void* stream);
 void comm_finalize(Comm* c);
 
 static inline int comm_group_size(const Comm* c, CommGroup g) { return g == GROUP_WORLD ? c->world : g == GROUP_EP ? c->ep : c->dp; }

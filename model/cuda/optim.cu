@@ -10,7 +10,6 @@
 // only on n and the data. The element-wise updates have one thread per element. The GEMMs are cuBLAS's
 // (deterministic on one stream with a fixed workspace).
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
 
 #define SUM_BLOCKS 1024
 #define SUM_THREADS 256
