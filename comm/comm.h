@@ -21,7 +21,7 @@
 
 typedef enum { GROUP_WORLD, GROUP_EP, GROUP_DP } CommGroup;
 
-typedef struct {
+typedef struct Comm {
     int rank, world;
     int ep, ep_rank;   // expert-parallel group size and this rank's index in it
     int dp, dp_rank;   // expert data-parallel group size (world / ep) and index

@@ -4,7 +4,8 @@
 #include "config.h"
 #include "params.h"
 #include "ops.h"
-#include "../comm/comm.h"
+
+typedef struct Comm Comm;  // comm/comm.h: the ranks; the model hands it to its experts (experts.c) untouched
 
 // Pointers to one layer's weights (or gradients: the same shapes). void* because the compute copy of the weights
 // is in the backend's compute dtype; gradient pointers are fp32 and go to float* op arguments directly.

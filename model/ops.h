@@ -15,6 +15,25 @@
 // accumulate when the op says "+=", otherwise they are written.
 #pragma once
 #include <stddef.h>
+#include <math.h>
+
+// ---- host-side scalars that both backends' ops take ready-made (one formula, not one per backend)
+
+// The balance loss's scalars in the router backward (MODEL.md), for B sequences of T rows, E experts, top-K.
+typedef struct {
+    double f_scale;  // E / (K T): f_i = f_scale * (choices of expert i in its sequence)
+    double grad;     // loss_scale * alpha / (B T): d loss / d (s_i / sum_j s_j) per unit f_i
+} BalanceGrad;
+
+static inline BalanceGrad balance_grad(int B, int T, int E, int K, float alpha, float loss_scale) {
+    BalanceGrad g = {(double)E / ((double)K * T), (double)loss_scale * alpha / ((double)B * T)};
+    return g;
+}
+
+// AdamW's bias correction 1 / (1 - beta^step), step 1-based: folded into a multiplier of m or v
+static inline float adamw_inv_bias_correction(float beta, int step) {
+    return (float)(1.0 / (1.0 - pow((double)beta, step)));
+}
 
 typedef struct Ops {
     const char* name;     // "cpu", "cuda"

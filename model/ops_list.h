@@ -60,11 +60,11 @@ OP(void, moe_router_forward, (float* scores, int* sel, float* gates, const void*
    const float* bias, int N, int d, int E, int K, float routed_scale))
 // aux += alpha * mean over the B sequences of sum_i f_i P_i (MODEL.md); aux is one float
 OP(void, moe_balance_loss, (float* aux, const float* scores, const int* sel, int B, int T, int E, int K, float alpha))
-// backward of router + gates + balance loss (scaled by loss_scale, like the rest of the loss):
-// dx (N,d) +=, dw_router (E,d) +=; dscores (N,E) is scratch
+// backward of router + gates + balance loss (its scalars in bal, from balance_grad(): scaled by loss_scale like
+// the rest of the loss): dx (N,d) +=, dw_router (E,d) +=; dscores (N,E) is scratch
 OP(void, moe_router_backward, (void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
    const int* sel, const void* x, const void* w_router, int B, int T, int d, int E, int K, float routed_scale,
-   float alpha, float loss_scale))
+   BalanceGrad bal))
 // Groups the N*K (row, k) choices by expert, stable in (row, k) order: offsets (E+1) where expert e's rows
 // are [offsets[e], offsets[e+1]) of the expert-ordered buffers; row_of (N*K): expert-ordered position of
 // choice (n,k); token_of (N*K): token row of each expert-ordered position; load (E) += tokens per expert.
@@ -96,9 +96,10 @@ OP(void, crossentropy_backward, (void* dlogits, const void* logits, const int* t
 // ---- optimizer
 // returns sum of g^2 over n fp32 values (accumulated in double)
 OP(double, sum_squares, (const float* g, size_t n))
-// AdamW on n elements (MODEL.md); grad_scale multiplies g first (the clip); step is 1-based
+// AdamW on n elements (MODEL.md); grad_scale multiplies g first (the clip); inv_bc1, inv_bc2 are the bias
+// corrections 1 / (1 - b^step) of this step (adamw_inv_bias_correction)
 OP(void, adamw_update, (float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2,
-   float eps, float wd, float grad_scale, int step))
+   float eps, float wd, float grad_scale, float inv_bc1, float inv_bc2))
 // Muon: m = mu m + g * grad_scale, u = g * grad_scale + mu m (n elements)
 OP(void, muon_momentum, (float* m, float* u, const float* g, size_t n, float mu, float grad_scale))
 // x (batch, rows, cols) <- Newton-Schulz orthogonalisation of each matrix (MODEL.md); coeffs (steps, 3) is

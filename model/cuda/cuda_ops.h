@@ -7,6 +7,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#include "../ops.h"  // the scalar structs some ops take
 
 #define OP(ret, name, params) ret cuda_##name params;
 #include "../ops_list.h"
