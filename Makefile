@@ -78,7 +78,7 @@ CFLAGS += $(COMM_FLAGS)
 # comm_cuda.c alone sees the toolkit's (and NCCL's) headers
 build/comm/comm_cuda.o: CFLAGS += -I$(CUDA_HOME)/include $(COMM_INC)
 
-CORE_SRC = common.c model/config.c model/params.c model/model.c \
+CORE_SRC = common.c model/config.c model/params.c model/model.c model/experts.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \

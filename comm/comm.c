@@ -9,14 +9,6 @@
 #include <mpi.h>
 #endif
 
-int comm_built_with_mpi(void) {
-#ifdef USE_MPI
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 #ifdef USE_MPI
 typedef struct {
     MPI_Comm world, ep, dp;
@@ -80,7 +72,7 @@ void comm_set_ep(Comm* c, int ep, int n_experts) {
 #endif
 }
 
-void comm_set_device(Comm* c, int device_buffers) {
+void comm_set_device(Comm* c, int device_buffers, void* stream) {
     device_buffers = device_buffers != 0;
     if (c->mpi && c->world > 1) {
         // every rank the same: a CPU rank among GPU ranks (--device auto where some see no GPU) would exchange fp32
@@ -96,18 +88,11 @@ void comm_set_device(Comm* c, int device_buffers) {
     c->device = device_buffers;
     if (!device_buffers) return;
 #ifdef COMM_CUDA
-    commcuda_init(c);
+    commcuda_init(c, stream);
 #else
+    (void)stream;
     fatal("comm: device buffers, but this binary was built without the CUDA backend");
 #endif
-}
-
-const char* comm_device_path(const Comm* c) {
-#ifdef COMM_CUDA
-    if (c->device) return commcuda_path(c);
-#endif
-    (void)c;
-    return "host";
 }
 
 void comm_finalize(Comm* c) {

@@ -21,7 +21,7 @@
 
 typedef enum { GROUP_WORLD, GROUP_EP, GROUP_DP } CommGroup;
 
-typedef struct {
+typedef struct Comm {
     int rank, world;
     int ep, ep_rank;   // expert-parallel group size and this rank's index in it
     int dp, dp_rank;   // expert data-parallel group size (world / ep) and index
@@ -39,12 +39,11 @@ void comm_init(Comm* c, int* argc, char*** argv);
 void comm_set_ep(Comm* c, int ep, int n_experts);
 // Where the model's buffers live: 0 host memory (CPU backend), 1 device memory of the CUDA backend's GPU (call
 // after the backend chose and set its GPU, after comm_set_ep). Collective: every rank must pass the same value
-// (fatal otherwise). With 1 and several ranks it sets up NCCL (or host staging) and says which on stdout.
-void comm_set_device(Comm* c, int device_buffers);
-// "host" (host buffers, or a single process), "nccl" or "staged" (device buffers through host memory and MPI)
-const char* comm_device_path(const Comm* c);
+// (fatal otherwise). With 1 and several ranks it sets up NCCL (or host staging) and says which on stdout. stream:
+// with device buffers, the CUDA stream (a cudaStream_t) their producers run on (ops_cuda_stream()), so the
+// collectives follow the kernels that wrote the data; ignored with host buffers.
+void comm_set_device(Comm* c, int device_buffers, void* stream);
 void comm_finalize(Comm* c);
-int comm_built_with_mpi(void);
 
 static inline int comm_group_size(const Comm* c, CommGroup g) { return g == GROUP_WORLD ? c->world : g == GROUP_EP ? c->ep : c->dp; }
 static inline int comm_group_rank(const Comm* c, CommGroup g) { return g == GROUP_WORLD ? c->rank : g == GROUP_EP ? c->ep_rank : c->dp_rank; }

@@ -2,15 +2,14 @@
 //   NCCL (USE_NCCL): one communicator per group of more than one rank (world, EP, DP; EP or DP reuses the world's
 //   when it is the whole world), bootstrapped by broadcasting an ncclUniqueId over the group's MPI communicator;
 //   all-reduce in place, all-to-all-v as grouped ncclSend/ncclRecv (a rank's own rows: a device copy), all-gather
-//   of pieces as grouped in-place broadcasts. Everything runs on the CUDA backend's stream, so it follows the
-//   kernels that produced the data, and is synchronised before returning.
+//   of pieces as grouped in-place broadcasts. Everything runs on the stream comm_set_device was given (the CUDA
+//   backend's), so it follows the kernels that produced the data, and is synchronised before returning.
 //   Staged (a build without NCCL, ranks sharing a GPU, or TRAIN_MOE_NCCL=0): device -> host scratch, the host
 //   collective of comm.c, host -> device. Correct, slow; rank 0 says so at start.
 // Byte counters: as the host collectives count them (the staged path calls them; the NCCL path adds the same).
 // Built only with the CUDA backend (the Makefile's COMM_CUDA); C, on the CUDA runtime's and NCCL's C APIs.
 #include "comm_cuda.h"
 #include "../common.h"
-#include "../model/cuda/ops_cuda.h"
 #include <cuda_runtime_api.h>
 #include <unistd.h>
 #ifdef USE_NCCL
@@ -21,7 +20,7 @@ typedef enum { DEV_LOCAL, DEV_NCCL, DEV_STAGED } DevPath;
 
 typedef struct {
     DevPath path;
-    cudaStream_t stream;  // the CUDA backend's
+    cudaStream_t stream;  // the CUDA backend's (comm_set_device's argument)
 #ifdef USE_NCCL
     ncclComm_t nccl[3];   // per CommGroup; NULL for a group of one rank
     int owned[3];         // 0 where it is the world's communicator again
@@ -89,11 +88,11 @@ typedef struct {
     int want;      // 0: TRAIN_MOE_NCCL=0 in its environment
 } RankGpu;
 
-void commcuda_init(Comm* c) {
+void commcuda_init(Comm* c, void* stream) {
     DevState* s = xcalloc(1, sizeof(DevState));
     c->dev = s;
-    s->stream = (cudaStream_t)cuda_stream_handle();
-    if (!s->stream) fatal("comm: device buffers, but the CUDA backend has no stream yet (comm_set_device comes after ops_cuda_get)");
+    s->stream = (cudaStream_t)stream;
+    if (!s->stream) fatal("comm: device buffers, but no CUDA stream (comm_set_device comes after ops_cuda_get)");
     if (!c->mpi || c->world == 1) {
         s->path = DEV_LOCAL;
         return;
@@ -168,11 +167,6 @@ void commcuda_finalize(Comm* c) {
     free(s->host[1]);
     free(s);
     c->dev = NULL;
-}
-
-const char* commcuda_path(const Comm* c) {
-    DevState* s = state(c);
-    return s->path == DEV_NCCL ? "nccl" : s->path == DEV_STAGED ? "staged" : "local";
 }
 
 int commcuda_direct(const Comm* c) { return state(c)->path == DEV_NCCL; }

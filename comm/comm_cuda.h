@@ -4,10 +4,10 @@
 #include "comm.h"
 
 // after the CUDA backend set this rank's GPU: NCCL communicators (USE_NCCL, one GPU per rank) or host staging;
-// rank 0 prints which
-void commcuda_init(Comm* c);
+// rank 0 prints which. stream (a cudaStream_t): where the copies and NCCL calls go, the one the buffers' producers
+// run on
+void commcuda_init(Comm* c, void* stream);
 void commcuda_finalize(Comm* c);
-const char* commcuda_path(const Comm* c);  // "nccl", "staged" or "local" (a single process)
 int commcuda_direct(const Comm* c);        // 1 on NCCL
 void commcuda_allreduce_f32(Comm* c, CommGroup g, float* buf, size_t n, int max);
 void commcuda_alltoallv(Comm* c, CommGroup g, const void* send, const size_t* scounts, const size_t* sdispls,

@@ -1,6 +1,7 @@
 // model/model.c: forward and backward of the whole model, written once over the op interface (ops.h).
 // Reads top to bottom as model/MODEL.md's forward, then the same in reverse.
 #include "model.h"
+#include "experts.h"
 #include <math.h>
 
 // ----------------------------------------------------------------------------
@@ -45,10 +46,7 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     m->cfg = *cfg;
     m->ops = ops;
     m->comm = comm;
-    m->balance_alpha = 1e-4f;
-    int ep = comm ? comm->ep : 1;
-    m->n_local_experts = cfg->n_experts / ep;
-    m->first_expert = comm ? comm->ep_rank * m->n_local_experts : 0;
+    experts_split(m, comm);
     m->num_params = param_layout(cfg, m->n_local_experts, m->layout);
     m->num_params_global = param_layout(cfg, cfg->n_experts, m->global_layout);
     size_t n = m->num_params;
@@ -79,8 +77,6 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     model_zero_step_stats(m);
 }
 
-static int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
-
 void model_set_params(Model* m, const float* global) {
     float* local = xmalloc(m->num_params * sizeof(float));
     int Lm = cfg_n_moe(&m->cfg), E = m->cfg.n_experts, El = m->n_local_experts;
@@ -104,8 +100,7 @@ void model_set_params(Model* m, const float* global) {
 void model_get_params(const Model* m, float* global) {
     float* local = xmalloc(m->num_params * sizeof(float));
     m->ops->to_host(local, m->params, m->num_params * sizeof(float));
-    int Lm = cfg_n_moe(&m->cfg), E = m->cfg.n_experts, El = m->n_local_experts;
-    int ep = m->comm ? m->comm->ep : 1;
+    int Lm = cfg_n_moe(&m->cfg), E = m->cfg.n_experts, El = m->n_local_experts, ep = experts_ep(m);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor* lt = &m->layout[t];
         const ParamTensor* gt = &m->global_layout[t];
@@ -117,18 +112,12 @@ void model_get_params(const Model* m, float* global) {
         size_t item = (size_t)lt->rows * lt->cols;
         size_t per = lt->numel * sizeof(float);
         float* all = xmalloc(per * ep);
-        size_t* counts = xmalloc(ep * sizeof(size_t));
-        size_t* displs = xmalloc(ep * sizeof(size_t));
-        for (int j = 0; j < ep; j++) { counts[j] = per; displs[j] = per * j; }
-        if (m->comm) comm_allgatherv_bytes(m->comm, GROUP_EP, local + lt->offset, all, counts, displs);
-        else memcpy(all, local + lt->offset, per);
+        experts_allgather(m, local + lt->offset, all, per);
         for (int j = 0; j < ep; j++)
             for (int mi = 0; mi < Lm; mi++)
                 memcpy(global + gt->offset + ((size_t)mi * E + (size_t)j * El) * item,
                        all + (size_t)j * lt->numel + (size_t)mi * El * item, (size_t)El * item * sizeof(float));
         free(all);
-        free(counts);
-        free(displs);
     }
     free(local);
 }
@@ -147,13 +136,7 @@ void model_free(Model* m) {
     memset(m, 0, sizeof(*m));
 }
 
-// Carves one allocation into buffers: a dry run measures, the second assigns.
-typedef struct {
-    char* base;
-    size_t used;
-} Carver;
-
-static void* carve(Carver* cv, size_t bytes) {
+void* carve(Carver* cv, size_t bytes) {
     size_t start = (cv->used + 255) & ~(size_t)255;  // 256-byte aligned for any backend's vector loads
     cv->used = start + bytes;
     return cv->base ? cv->base + start : NULL;
@@ -164,9 +147,6 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
     size_t N = (size_t)a->B * a->T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     size_t dqk = cfg_dqk(c), akv = c->kv_lora + c->qk_rope, f = c->moe_hidden, fd = c->dense_hidden;
     size_t ab = m->ops->act_bytes, fb = sizeof(float), ib = sizeof(int);
-    int ep = m->comm ? m->comm->ep : 1;
-    size_t El = m->n_local_experts;
-    size_t R = ep * N * K;  // rows this rank's experts may receive: dropless, so the worst case
     for (int l = 0; l < c->n_layers; l++) {
         LayerActs* la = &a->layers[l];
         int moe = l >= c->n_dense_layers;
@@ -199,16 +179,7 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
             la->token_of = carve(cv, N * K * ib);
             la->xe = carve(cv, N * K * d * ab);
             la->ye = carve(cv, N * K * d * ab);
-            la->e_h13 = carve(cv, R * 2 * f * ab);
-            la->e_hact = carve(cv, R * f * ab);
-            if (ep > 1) {
-                la->xl = carve(cv, R * d * ab);
-                la->ep_offsets = carve(cv, (El + 1) * ib);
-                la->ep_perm = carve(cv, R * ib);
-                la->ep_inv = carve(cv, R * ib);
-            } else {
-                la->xl = la->xe;  // one process holds every expert: the dispatch order is already expert-major
-            }
+            experts_carve_layer(m, la, N, cv);
         }
     }
     a->x_final = carve(cv, N * d * ab);
@@ -218,10 +189,7 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
     a->losses = carve(cv, N * fb);
     a->tokens = carve(cv, N * ib);
     a->targets = carve(cv, N * ib);
-    if (ep > 1 && cfg_n_moe(c) > 0) {
-        a->ep_buf = carve(cv, R * d * ab);
-        a->ep_buf2 = carve(cv, R * d * ab);
-    }
+    if (cfg_n_moe(c) > 0) experts_carve_transit(m, a, N, cv);
     if (a->has_grad) {
         GradScratch* g = &a->g;
         size_t fmax = fd > f ? fd : f;
@@ -241,10 +209,7 @@ static void acts_layout(Acts* a, const Model* m, Carver* cv) {
             g->dgates = carve(cv, N * K * fb);
             g->dye = carve(cv, N * K * d * ab);
             g->dxe = carve(cv, N * K * d * ab);
-            g->de_h13 = carve(cv, R * 2 * f * ab);
-            g->de_hact = carve(cv, R * f * ab);
-            g->dyl = ep > 1 ? carve(cv, R * d * ab) : g->dye;
-            g->dxl = ep > 1 ? carve(cv, R * d * ab) : g->dxe;
+            experts_carve_grad(m, a, N, cv);
         }
     }
 }
@@ -261,80 +226,14 @@ void acts_alloc(Acts* a, const Model* m, int B, int T, int with_grad) {
     a->memory = m->ops->malloc(cv.used);
     cv = (Carver){a->memory, 0};
     acts_layout(a, m, &cv);
-    int ep = m->comm ? m->comm->ep : 1;
-    if (ep > 1) {
-        size_t R = (size_t)ep * B * T * m->cfg.top_k, El = m->n_local_experts;
-        a->ep_host = xmalloc((2 * R + m->cfg.n_experts + El + 2 + ep * El) * sizeof(int));
-        for (int l = m->cfg.n_dense_layers; l < m->cfg.n_layers; l++) {
-            a->layers[l].ep_send = xcalloc(ep * El, sizeof(int));
-            a->layers[l].ep_recv = xcalloc(ep * El, sizeof(int));
-        }
-    }
+    experts_acts_alloc(m, a);
 }
 
 void acts_free(Acts* a, const Model* m) {
     m->ops->free(a->memory);
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        free(a->layers[l].ep_send);
-        free(a->layers[l].ep_recv);
-    }
-    free(a->ep_host);
+    experts_acts_free(m, a);
     free(a->layers);
     memset(a, 0, sizeof(*a));
-}
-
-// ----------------------------------------------------------------------------
-// expert parallelism: each rank holds n_local of every MoE layer's experts; the rows routed to an expert travel to
-// its owner (all-to-all within the expert-parallel group), are computed there, and come back.
-
-// Exchanges the per-expert row counts and builds the orders: rows arrive member-major (member s's rows for each of
-// my experts, in s's expert order); the experts want them expert-major (expert e's rows from member 0, 1, ...).
-static void ep_plan(Model* m, Acts* a, LayerActs* la) {
-    const Ops* ops = m->ops;
-    int ep = m->comm->ep, El = m->n_local_experts, E = m->cfg.n_experts;
-    size_t R = (size_t)ep * a->cur_B * a->cur_T * m->cfg.top_k;
-    int* off = a->ep_host;             // (E + 1) dispatch offsets
-    int* perm = off + E + 1;           // (R)
-    int* inv = perm + R;               // (R)
-    int* loc = inv + R;                // (El + 1)
-    int* start = loc + El + 1;         // (ep, El) first received row of (member, expert)
-    ops->to_host(off, la->offsets, (size_t)(E + 1) * sizeof(int));
-    for (int j = 0; j < ep; j++)
-        for (int e = 0; e < El; e++) la->ep_send[j * El + e] = off[j * El + e + 1] - off[j * El + e];
-    comm_alltoall_int(m->comm, GROUP_EP, la->ep_send, la->ep_recv, El);
-    int r = 0;
-    for (int s = 0; s < ep; s++)
-        for (int e = 0; e < El; e++) { start[s * El + e] = r; r += la->ep_recv[s * El + e]; }
-    int rows = 0;
-    loc[0] = 0;
-    for (int e = 0; e < El; e++) {
-        for (int s = 0; s < ep; s++)
-            for (int i = 0; i < la->ep_recv[s * El + e]; i++) perm[rows++] = start[s * El + e] + i;
-        loc[e + 1] = rows;
-    }
-    la->ep_rows = rows;
-    for (int i = 0; i < rows; i++) inv[perm[i]] = i;
-    ops->to_device(la->ep_perm, perm, (size_t)rows * sizeof(int));
-    ops->to_device(la->ep_inv, inv, (size_t)rows * sizeof(int));
-    ops->to_device(la->ep_offsets, loc, (size_t)(El + 1) * sizeof(int));
-}
-
-// Rows of d elements between the members: to_experts = 1 sends this rank's dispatch-ordered rows to their experts'
-// owners (counts ep_send out, ep_recv in); 0 returns the experts' rows to where they came from.
-static void ep_exchange(Model* m, LayerActs* la, const void* send, void* recv, int d, int to_experts) {
-    int ep = m->comm->ep, El = m->n_local_experts;
-    size_t row = (size_t)d * m->ops->act_bytes;
-    size_t sc[64], sd[64], rc[64], rd[64];
-    if (ep > 64) fatal("expert parallelism over %d ranks: at most 64 supported", ep);
-    size_t so = 0, ro = 0;
-    for (int j = 0; j < ep; j++) {
-        size_t out = 0, in = 0;
-        for (int e = 0; e < El; e++) { out += la->ep_send[j * El + e]; in += la->ep_recv[j * El + e]; }
-        if (!to_experts) { size_t t = out; out = in; in = t; }
-        sc[j] = out * row; sd[j] = so; so += sc[j];
-        rc[j] = in * row; rd[j] = ro; ro += rc[j];
-    }
-    comm_dev_alltoallv_bytes(m->comm, GROUP_EP, send, sc, sd, recv, rc, rd);  // backend memory: host or GPU
 }
 
 // ----------------------------------------------------------------------------
@@ -342,7 +241,7 @@ static void ep_exchange(Model* m, LayerActs* la, const void* send, void* recv, i
 
 const char* const prof_names[PROF_N] = {"attention", "expert_gemms", "routing", "other"};
 
-static void prof(Model* m, int cat) {
+void model_prof(Model* m, int cat) {
     if (!m->profile) return;
     m->ops->sync();
     double t = wall_seconds();
@@ -366,7 +265,6 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     int N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope;
-    int ep = m->comm ? m->comm->ep : 1, El = m->n_local_experts;
     a->cur_B = B;
     a->cur_T = T;
     a->has_targets = targets != NULL;
@@ -374,7 +272,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     if (targets) ops->to_device(a->targets, targets, (size_t)N * sizeof(int));
     ops->zero(m->aux_acc, sizeof(float));
 
-    prof(m, PROF_OTHER);
+    model_prof(m, PROF_OTHER);
     ops->embedding_forward(a->layers[0].x_in, a->tokens, tensor_item(m, m->weights, ops->act_bytes, P_WTE, 0), N, d);
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights* w = &m->lw[l];
@@ -391,10 +289,10 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         ops->rope(la->a, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 0);
         ops->rmsnorm_forward(la->ckv, la->rstd_kv, la->a, akv, w->kv_norm, N, kvl, c->norm_eps);
         ops->matmul_forward(la->kv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
-        prof(m, PROF_ATTENTION);
+        model_prof(m, PROF_ATTENTION);
         ops->attention_forward(la->att, la->lse, m->maxlogit + (size_t)l * H, la->q, la->kv, la->a,
                                B, T, H, nope, rope, dv, kvl);
-        prof(m, PROF_OTHER);
+        model_prof(m, PROF_OTHER);
         ops->matmul_forward(la->x_mid, la->att, w->wo, N, H * dv, d);  // the projection, then the residual add
         ops->add_inplace(la->x_mid, la->x_in, (size_t)N * d);
 
@@ -406,32 +304,16 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         ops->swiglu_forward(la->hact, la->h13, N, fw);
         ops->matmul_forward(la->ffn_out, la->hact, w->w2, N, fw, d);
         if (moe) {
-            int mi = l - c->n_dense_layers, f = c->moe_hidden;
+            int mi = l - c->n_dense_layers;
             float* bias = m->router_bias + (size_t)mi * E;
-            prof(m, PROF_ROUTING);
+            model_prof(m, PROF_ROUTING);
             ops->moe_router_forward(la->scores, la->sel, la->gates, la->h2, w->router, bias, N, d, E, K, c->routed_scale);
             if (targets) ops->moe_balance_loss(m->aux_acc, la->scores, la->sel, B, T, E, K, m->balance_alpha);
             ops->moe_dispatch(la->offsets, la->row_of, la->token_of, m->expert_load + (size_t)mi * E, la->sel, N, K, E);
             ops->moe_gather(la->xe, la->h2, la->token_of, N * K, d);
-            if (ep > 1) {
-                // to the experts' owners, computed there (expert-major), and back in dispatch order
-                ep_plan(m, a, la);
-                ep_exchange(m, la, la->xe, a->ep_buf, d, 1);
-                ops->moe_gather(la->xl, a->ep_buf, la->ep_perm, la->ep_rows, d);
-                prof(m, PROF_EXPERTS);
-                ops->moe_experts_forward(a->ep_buf2, la->e_h13, la->e_hact, la->xl, w->expert_w13, w->expert_w2,
-                                         la->ep_offsets, El, d, f);
-                prof(m, PROF_ROUTING);
-                ops->moe_gather(a->ep_buf, a->ep_buf2, la->ep_inv, la->ep_rows, d);
-                ep_exchange(m, la, a->ep_buf, la->ye, d, 0);
-            } else {
-                prof(m, PROF_EXPERTS);
-                ops->moe_experts_forward(la->ye, la->e_h13, la->e_hact, la->xe, w->expert_w13, w->expert_w2,
-                                         la->offsets, E, d, f);
-                prof(m, PROF_ROUTING);
-            }
+            experts_forward(m, a, la, w);  // ye: the experts' outputs, wherever the experts are
             ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, N, K, d);
-            prof(m, PROF_OTHER);
+            model_prof(m, PROF_OTHER);
         }
         ops->add(x_out, la->x_mid, la->ffn_out, (size_t)N * d);
     }
@@ -449,7 +331,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         m->ce_loss = (float)(sum / N);
         ops->to_host(&m->aux_loss, m->aux_acc, sizeof(float));
     }
-    prof(m, PROF_NONE);
+    model_prof(m, PROF_NONE);
 }
 
 // ----------------------------------------------------------------------------
@@ -463,12 +345,11 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
     int B = a->cur_B, T = a->cur_T, N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope, V = c->vocab_size;
-    int ep = m->comm ? m->comm->ep : 1, El = m->n_local_experts;
     GradScratch* g = &a->g;
     size_t ab = ops->act_bytes;
 
     // loss = mean over rows of cross-entropy: each row's dloss is loss_scale / N
-    prof(m, PROF_OTHER);
+    model_prof(m, PROF_OTHER);
     ops->crossentropy_backward(a->logits, a->logits, a->targets, loss_scale / N, N, V);
     ops->matmul_backward(g->dn, 0, tensor_item(m, m->grads, sizeof(float), P_LM_HEAD, 0), a->logits, a->xf,
                          tensor_item(m, m->weights, ab, P_LM_HEAD, 0), N, d, V);
@@ -487,39 +368,23 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         ops->swiglu_backward(g->dh13, g->dhact, la->h13, N, fw);
         ops->matmul_backward(g->dn, 0, wg->w13, g->dh13, la->h2, w->w13, N, d, 2 * fw);
         if (moe) {
-            int f = c->moe_hidden;
-            prof(m, PROF_ROUTING);
+            model_prof(m, PROF_ROUTING);
             ops->moe_combine_backward(g->dye, g->dgates, g->dx, la->ye, la->gates, la->row_of, N, K, d);
-            if (ep > 1) {
-                // the mirror of the forward: output gradients to the owners, input gradients back
-                ep_exchange(m, la, g->dye, a->ep_buf, d, 1);
-                ops->moe_gather(g->dyl, a->ep_buf, la->ep_perm, la->ep_rows, d);
-                prof(m, PROF_EXPERTS);
-                ops->moe_experts_backward(g->dxl, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dyl,
-                                          la->xl, la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->ep_offsets,
-                                          El, d, f);
-                prof(m, PROF_ROUTING);
-                ops->moe_gather(a->ep_buf, g->dxl, la->ep_inv, la->ep_rows, d);
-                ep_exchange(m, la, a->ep_buf, g->dxe, d, 0);
-            } else {
-                prof(m, PROF_EXPERTS);
-                ops->moe_experts_backward(g->dxe, wg->expert_w13, wg->expert_w2, g->de_h13, g->de_hact, g->dye, la->xe,
-                                          la->e_h13, la->e_hact, w->expert_w13, w->expert_w2, la->offsets, E, d, f);
-                prof(m, PROF_ROUTING);
-            }
+            experts_backward(m, a, la, w, wg);  // dxe, and the experts' gradients
             ops->moe_gather_backward(g->dn, g->dxe, la->row_of, N, K, d);
+            BalanceGrad bal = balance_grad(B, T, E, K, m->balance_alpha, loss_scale);
             ops->moe_router_backward(g->dn, wg->router, g->dscores, g->dgates, la->scores, la->sel, la->h2, w->router,
-                                     B, T, d, E, K, c->routed_scale, m->balance_alpha, loss_scale);
-            prof(m, PROF_OTHER);
+                                     B, T, d, E, K, c->routed_scale, bal);
+            model_prof(m, PROF_OTHER);
         }
         ops->rmsnorm_backward(g->dx, d, 1, wg->ffn_norm, g->dn, la->x_mid, w->ffn_norm, la->rstd_h2, N, d);
 
         // --- attention. dx is now d loss / d x_mid.
         ops->matmul_backward(g->datt, 0, wg->wo, g->dx, la->att, w->wo, N, H * dv, d);
-        prof(m, PROF_ATTENTION);
+        model_prof(m, PROF_ATTENTION);
         ops->attention_backward(g->dq, g->dkv, g->da, g->datt, la->q, la->kv, la->a, la->att, la->lse,
                                 B, T, H, nope, rope, dv, kvl);
-        prof(m, PROF_OTHER);
+        model_prof(m, PROF_OTHER);
         ops->rope(g->dq, N, T, H, H * dqk, dqk, nope, rope, c->rope_theta, 1);
         ops->rope(g->da, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 1);
         ops->matmul_backward(g->dckv, 0, wg->wukv, g->dkv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
@@ -532,7 +397,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         ops->rmsnorm_backward(g->dx, d, 1, wg->attn_norm, g->dn, la->x_in, w->attn_norm, la->rstd_h, N, d);
     }
     ops->embedding_backward(tensor_item(m, m->grads, sizeof(float), P_WTE, 0), g->dx, a->tokens, N, d);
-    prof(m, PROF_NONE);
+    model_prof(m, PROF_NONE);
 }
 
 // ----------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 #include "config.h"
 #include "params.h"
 #include "ops.h"
-#include "../comm/comm.h"
+
+typedef struct Comm Comm;  // comm/comm.h: the ranks; the model hands it to its experts (experts.c) untouched
 
 // Pointers to one layer's weights (or gradients: the same shapes). void* because the compute copy of the weights
 // is in the backend's compute dtype; gradient pointers are fp32 and go to float* op arguments directly.
@@ -139,7 +140,7 @@ typedef struct {
     float* expert_load;     // (Lm, E) routed choices per expert, backend memory
     float* aux_acc;         // (1) balance loss of the last forward, backend memory
     // training hyper-parameters that enter the loss
-    float balance_alpha;    // sequence-wise balance loss weight (default 1e-4)
+    float balance_alpha;    // sequence-wise balance loss weight: 0 from model_init, set by the caller (--balance-alpha)
     // results of the last forward with targets
     float ce_loss;          // mean cross-entropy
     float aux_loss;         // balance loss summed over MoE layers

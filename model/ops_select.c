@@ -6,4 +6,5 @@
 
 const Ops* ops_cuda_get(void) { return NULL; }
 int ops_cuda_built(void) { return 0; }
+void* ops_cuda_stream(void) { return NULL; }
 const char* ops_cuda_unavailable_reason(void) { return "this binary was built without the CUDA backend (no nvcc at build time, or make CUDA=0)"; }

@@ -27,8 +27,8 @@ enum {
     NUM_PARAM_TENSORS
 };
 
-// What the optimizer needs to know about a tensor: AdamW decays everything but the norm gains; Muon (later) takes
-// the hidden matrices and leaves the embedding, the head and the gains to AdamW.
+// What the optimizer needs to know about a tensor: AdamW decays everything but the norm gains; Muon takes the
+// hidden matrices and leaves the embedding, the head and the gains to AdamW (optim/optimizer.c).
 typedef enum { PARAM_EMBEDDING, PARAM_NORM, PARAM_MATRIX, PARAM_HEAD } ParamKind;
 
 typedef struct {
@@ -46,7 +46,10 @@ typedef struct {
 // MoE layer's experts this process holds (the expert tensors are (Lm, n_local_experts, ...)); the whole model is
 // n_local_experts = n_experts.
 size_t param_layout(const ModelConfig* c, int n_local_experts, ParamTensor layout[NUM_PARAM_TENSORS]);
-// The "matrices only" rule for weight decay.
+// Weight decay applies to every tensor but the RMSNorm gains: the matrices, the embedding and the head.
 static inline int param_decays(const ParamTensor* t) { return t->kind != PARAM_NORM; }
+// The routed experts' tensors: split over the expert-parallel group (each rank holds n_local_experts of every
+// MoE layer), so their gradients are summed over the expert data-parallel group, not the world.
+static inline int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
 // Initialisation (MODEL.md): matrices N(0, 0.02), residual writers N(0, 0.02/sqrt(2L)), norm gains 1.
 void param_init(float* params_host, const ParamTensor layout[NUM_PARAM_TENSORS], const ModelConfig* c, Rng* rng);

@@ -2,6 +2,7 @@
 // and learning-rate schedules. The formulas are in model/MODEL.md.
 #pragma once
 #include "../model/model.h"
+#include "../comm/comm.h"
 
 // ---- learning-rate schedule: linear warmup, then cosine or WSD (warmup-stable-decay) down to min_lr
 typedef enum { LR_COSINE, LR_WSD, LR_CONSTANT } LRShape;

@@ -6,7 +6,6 @@
 
 const char* optim_kind_name(OptimKind k) { return k == OPTIM_MUON ? "muon" : "adamw"; }
 
-static int is_expert_tensor(int t) { return t == P_EXPERT_W13 || t == P_EXPERT_W2; }
 static CommGroup tensor_group(int t) { return is_expert_tensor(t) ? GROUP_DP : GROUP_WORLD; }
 
 // Splits every tensor among the members of its group. Deterministic: every rank computes the same table.
@@ -186,6 +185,7 @@ void optimizer_step(Optimizer* opt, Model* model, float lr, float grad_scale) {
     double t0 = wall_seconds();
     opt->t++;
     opt->ns_seconds = 0.0;
+    float inv_bc1 = adamw_inv_bias_correction(opt->cfg.b1, opt->t), inv_bc2 = adamw_inv_bias_correction(opt->cfg.b2, opt->t);
     double stats[3] = {0.0, 0.0, 0.0};  // Muon update sum of squares, Muon elements, Newton-Schulz FLOPs
     for (int k = 0; k < opt->n_units; k++) {
         const OptUnit* u = &opt->units[k];
@@ -200,7 +200,7 @@ void optimizer_step(Optimizer* opt, Model* model, float lr, float grad_scale) {
             float wd = param_decays(t) ? opt->cfg.weight_decay : 0.0f;
             model->ops->adamw_update(model->params + u->begin, model->grads + u->begin, opt->adam_m + u->state_off,
                                      opt->adam_v + u->state_off, n, lr, opt->cfg.b1, opt->cfg.b2, opt->cfg.eps, wd,
-                                     grad_scale, opt->t);
+                                     grad_scale, inv_bc1, inv_bc2);
         }
     }
     if (opt->comm && opt->comm->world > 1) {

@@ -420,9 +420,10 @@ static void test_adamw(void) {
     float *pr = fdup(p, n), *mr = fdup(m, n), *vr = fdup(v, n);
     float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.7f;
     int step = 3;
-    cpu->adamw_update(pr, g, mr, vr, n, lr, b1, b2, eps, wd, gs, step);
+    float ibc1 = adamw_inv_bias_correction(b1, step), ibc2 = adamw_inv_bias_correction(b2, step);
+    cpu->adamw_update(pr, g, mr, vr, n, lr, b1, b2, eps, wd, gs, ibc1, ibc2);
     float *dp = up_f32(p, n), *dg = up_f32(g, n), *dm = up_f32(m, n), *dv = up_f32(v, n);
-    gpu->adamw_update(dp, dg, dm, dv, n, lr, b1, b2, eps, wd, gs, step);
+    gpu->adamw_update(dp, dg, dm, dv, n, lr, b1, b2, eps, wd, gs, ibc1, ibc2);
     float *gp = down_f32(dp, n), *gm = down_f32(dm, n), *gv = down_f32(dv, n);
     cmpv("adamw_update: p", gp, pr, n, EW_RTOL, EW_AFRAC);
     cmpv("adamw_update: m", gm, mr, n, EW_RTOL, EW_AFRAC);

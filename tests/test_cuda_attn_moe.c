@@ -271,6 +271,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     check(aux_c != aux0, "moe_balance_loss: the loss term is not negligible (%.9g -> %.9g)", (double)aux0, (double)aux_c);
 
     // router backward
+    const BalanceGrad bg = balance_grad(B, T, E, K, alpha, loss_scale);
     float* dgates = randf((size_t)N * K, 1.0f);
     float* dx0 = randv((size_t)N * d, 0.5f);
     float* dw0;
@@ -279,22 +280,20 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
         float* z = xcalloc((size_t)E * d, sizeof(float));
         float* zx = xcalloc((size_t)N * d, sizeof(float));
         float* zs = xmalloc((size_t)N * E * sizeof(float));
-        cpu->moe_router_backward(zx, z, zs, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, alpha, loss_scale);
+        cpu->moe_router_backward(zx, z, zs, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, bg);
         dw0 = grad_sized_init((size_t)E * d, maxabs(z, (size_t)E * d));
         free(z); free(zx); free(zs);
     }
     float* dx_c = fdup(dx0, (size_t)N * d);
     float* dw_c = fdup(dw0, (size_t)E * d);
     float* ds_c = xmalloc((size_t)N * E * sizeof(float));
-    cpu->moe_router_backward(dx_c, dw_c, ds_c, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, alpha,
-                             loss_scale);
+    cpu->moe_router_backward(dx_c, dw_c, ds_c, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, bg);
     float* ddg = up_f32(dgates, (size_t)N * K);
     void* ddx = up_bf16(dx0, (size_t)N * d);
     float* ddw = up_f32(dw0, (size_t)E * d);
     float* dds = gpu->malloc((size_t)N * E * sizeof(float));
     poison_f32(dds, (size_t)N * E);
-    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, alpha,
-                             loss_scale);
+    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, bg);
     float* dx_g = down_bf16(ddx, (size_t)N * d);
     float* dw_g = down_f32(ddw, (size_t)E * d);
     float* ds_g = down_f32(dds, (size_t)N * E);
@@ -307,8 +306,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     // determinism
     set_bf16(ddx, dx0, (size_t)N * d);
     gpu->to_device(ddw, dw0, (size_t)E * d * sizeof(float));
-    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, alpha,
-                             loss_scale);
+    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, bg);
     {
         float* a2 = down_bf16(ddx, (size_t)N * d);
         float* b2 = down_f32(ddw, (size_t)E * d);

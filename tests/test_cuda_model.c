@@ -84,6 +84,7 @@ typedef struct {
 static void fwd_bwd(const Ops* ops, int batch_index, FwdBwd* out) {
     Model m;
     model_init(&m, &cfg, ops, NULL, params0, 0);
+    m.balance_alpha = 1e-4f;  // the trainer's default (--balance-alpha)
     Acts a;
     acts_alloc(&a, &m, B, T, 1);
     int* tokens = (int*)xmalloc((size_t)B * T * sizeof(int));
@@ -169,6 +170,7 @@ typedef struct {
 static void train(const Ops* ops, OptimKind kind, float lr, float tau, Run* out) {
     Model m;
     model_init(&m, &cfg, ops, NULL, params0, 0);
+    m.balance_alpha = 1e-4f;  // the trainer's default (--balance-alpha)
     Acts a;
     acts_alloc(&a, &m, B, T, 1);
     OptimConfig oc = {.kind = kind, .b1 = 0.9f, .b2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .mu = 0.95f,

@@ -687,7 +687,7 @@ static void test_router(void) {
         fill_like(dw, E * d, gw, E * d);
         fill_nan(dsc, N * E);
         float *dx0 = fdup(dx, N * d), *dw0 = fdup(dw, E * d);
-        ops->moe_router_backward(dx, dw, dsc, dg, scores, sel, x, w, B, T, d, E, K, rs, a_, ls_);
+        ops->moe_router_backward(dx, dw, dsc, dg, scores, sel, x, w, B, T, d, E, K, rs, balance_grad(B, T, E, K, a_, ls_));
         const char* mname = mode == 0 ? "gates only, alpha 0" : mode == 1 ? "balance loss only, alpha 0.3" :
                                                                    "gates + balance, alpha 0.3, loss_scale 0.6";
         char what[200];
@@ -920,7 +920,8 @@ static void test_adamw(void) {
         fill(m, n, 0.01f);
         for (size_t i = 0; i < n; i++) v[i] = 1e-4f * fabsf(rn());
         float *p0 = fdup(p, n), *m0 = fdup(m, n), *v0 = fdup(v, n);
-        ops->adamw_update(p, g, m, v, n, cs[t].lr, cs[t].b1, cs[t].b2, cs[t].eps, cs[t].wd, cs[t].scale, cs[t].step);
+        ops->adamw_update(p, g, m, v, n, cs[t].lr, cs[t].b1, cs[t].b2, cs[t].eps, cs[t].wd, cs[t].scale,
+                          adamw_inv_bias_correction(cs[t].b1, cs[t].step), adamw_inv_bias_correction(cs[t].b2, cs[t].step));
         double wp = 0, wm = 0, wv = 0;
         for (size_t i = 0; i < n; i++) {
             double b1 = cs[t].b1, b2 = cs[t].b2, gi = (double)g[i] * cs[t].scale;

@@ -1,5 +1,6 @@
 // train/dist.c: see dist.h.
 #include "dist.h"
+#include "../comm/comm.h"
 
 static int multi(const Model* m) { return m->comm && m->comm->world > 1; }
 

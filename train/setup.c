@@ -70,7 +70,7 @@ void setup_backend(Run* r) {
     }
     r->ops = ops;
     r->on_gpu = strcmp(ops->name, "cpu") != 0;
-    comm_set_device(r->comm, ops != &ops_cpu);  // the model's buffers: GPU memory -> NCCL (or staged) collectives
+    comm_set_device(r->comm, ops != &ops_cpu, ops_cuda_stream());  // the model's buffers: GPU memory -> NCCL (or staged) collectives
     if (f->threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(f->threads);

@@ -64,7 +64,7 @@ void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, int B
 
 void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
                              const int* sel, const void* x, const void* w_router, int B, int T, int d, int E, int K,
-                             float routed_scale, float alpha, float loss_scale) {
+                             float routed_scale, BalanceGrad bg) {
     int N = B * T;
     #pragma omp parallel
     {
@@ -75,8 +75,7 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
             memset(count, 0, E * sizeof(int));
             for (int t = 0; t < T; t++)
                 for (int k = 0; k < K; k++) count[sel[((size_t)b * T + t) * K + k]]++;
-            double fscale = (double)E / ((double)K * T);
-            double bal = (double)loss_scale * alpha / ((double)B * T);  // d loss / d (s_i / sum_j s_j) per unit f_i
+            double fscale = bg.f_scale, bal = bg.grad;
             for (int t = 0; t < T; t++) {
                 size_t n = (size_t)b * T + t;
                 const float* s = scores + n * E;

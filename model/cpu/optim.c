@@ -25,10 +25,9 @@ double cpu_sum_squares(const float* g, size_t n) {
 }
 
 void cpu_adamw_update(float* restrict p, const float* restrict g, float* restrict m, float* restrict v, size_t n,
-                      float lr, float b1, float b2, float eps, float wd, float grad_scale, int step) {
+                      float lr, float b1, float b2, float eps, float wd, float grad_scale, float inv_bc1,
+                      float inv_bc2) {
     // bias corrections folded into two multipliers, so the loop is multiplies, one sqrt and one divide (vectorised)
-    float inv_bc1 = (float)(1.0 / (1.0 - pow((double)b1, step)));
-    float inv_bc2 = (float)(1.0 / (1.0 - pow((double)b2, step)));
     float decay = 1.0f - lr * wd;  // p - lr wd p
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {

@@ -32,7 +32,7 @@
 // Speed: the tile products are scalar fp32 FMAs from shared memory (no tensor cores) -- simple and exact, but an
 // order of magnitude below a tensor-core flash attention; an mma/WMMA version (or cuDNN) is the optimisation.
 //
-// These kernels are the CUDA backend's only attention: the cuDNN fused-attention path that issue #5 also asks for
+// These kernels are the CUDA backend's only attention: a cuDNN fused-attention path (the design's other option)
 // is not written (choosing and validating its engine configurations needs a GPU; see the README's CUDA section).
 #include "cuda_common.cuh"
 

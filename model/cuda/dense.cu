@@ -16,7 +16,6 @@
 //   - cuBLAS GEMMs are deterministic for a fixed toolkit, GPU model and workspace (one stream, fixed workspace,
 //     see ops_cuda.cu).
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
 #include <cub/cub.cuh>
 
 // ----------------------------------------------------------------------------

@@ -364,13 +364,12 @@ __global__ void split_hi_lo_kernel(bf16* __restrict__ ds2, const float* __restri
 
 extern "C" void cuda_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates,
                                          const float* scores, const int* sel, const void* x, const void* w_router, int B,
-                                         int T, int d, int E, int K, float routed_scale, float alpha, float loss_scale) {
+                                         int T, int d, int E, int K, float routed_scale, BalanceGrad bg) {
     if (B <= 0 || T <= 0) return;
     const int N = B * T;
     int* counts = (int*)cuda_scratch(&moe_s_counts, (size_t)B * E * sizeof(int));
     seq_counts(counts, sel, B, T, E, K);
-    const double fscale = (double)E / ((double)K * T);
-    const double bal = (double)loss_scale * alpha / ((double)B * T);
+    const double fscale = bg.f_scale, bal = bg.grad;
     router_bwd_rows_kernel<<<ceil_div_u(N, 8), 256, 0, cuda_stream>>>(dscores, dgates, scores, sel, counts, N, T, E, K,
                                                                       fscale, bal, routed_scale);
     cudaCheckLaunch();

@@ -4,7 +4,6 @@
 //
 // Deterministic: everything here (copies, memset, the fp32 -> bf16 and bf16 -> fp32 conversions are element-wise).
 #include "cuda_common.cuh"
-#include "ops_cuda.h"  // dense.cu and optim.cu; cuda_ops.h (via cuda_common.cuh): attention.cu and moe.cu
 
 cudaStream_t cuda_stream = NULL;
 cublasHandle_t cuda_cublas = NULL;
@@ -101,37 +100,9 @@ static const Ops ops_cuda_table = {
     .sync = cuda_sync,
     .mem_info = cuda_mem_info,
     .weights_to_compute = cuda_weights_to_compute,
-    .embedding_forward = cuda_embedding_forward,
-    .embedding_backward = cuda_embedding_backward,
-    .rmsnorm_forward = cuda_rmsnorm_forward,
-    .rmsnorm_backward = cuda_rmsnorm_backward,
-    .matmul_forward = cuda_matmul_forward,
-    .matmul_backward = cuda_matmul_backward,
-    .add = cuda_add,
-    .add_inplace = cuda_add_inplace,
-    .swiglu_forward = cuda_swiglu_forward,
-    .swiglu_backward = cuda_swiglu_backward,
-    .rope = cuda_rope,
-    .attention_forward = cuda_attention_forward,
-    .attention_backward = cuda_attention_backward,
-    .moe_router_forward = cuda_moe_router_forward,
-    .moe_balance_loss = cuda_moe_balance_loss,
-    .moe_router_backward = cuda_moe_router_backward,
-    .moe_dispatch = cuda_moe_dispatch,
-    .moe_gather = cuda_moe_gather,
-    .moe_gather_backward = cuda_moe_gather_backward,
-    .moe_experts_forward = cuda_moe_experts_forward,
-    .moe_experts_backward = cuda_moe_experts_backward,
-    .moe_combine_forward = cuda_moe_combine_forward,
-    .moe_combine_backward = cuda_moe_combine_backward,
-    .crossentropy_forward = cuda_crossentropy_forward,
-    .crossentropy_backward = cuda_crossentropy_backward,
-    .sum_squares = cuda_sum_squares,
-    .adamw_update = cuda_adamw_update,
-    .muon_momentum = cuda_muon_momentum,
-    .newton_schulz = cuda_newton_schulz,
-    .muon_update = cuda_muon_update,
-    .scale_rows = cuda_scale_rows,
+#define OP(ret, name, params) .name = cuda_##name,
+#include "../ops_list.h"
+#undef OP
 };
 
 // ----------------------------------------------------------------------------
@@ -152,7 +123,7 @@ static const char* unavailable_reason = "not checked yet";
 
 extern "C" int ops_cuda_built(void) { return 1; }
 
-extern "C" void* cuda_stream_handle(void) { return (void*)cuda_stream; }
+extern "C" void* ops_cuda_stream(void) { return (void*)cuda_stream; }
 
 extern "C" const char* ops_cuda_unavailable_reason(void) { return unavailable_reason; }
 

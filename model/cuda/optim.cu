@@ -10,7 +10,6 @@
 // only on n and the data. The element-wise updates have one thread per element. The GEMMs are cuBLAS's
 // (deterministic on one stream with a fixed workspace).
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
 
 #define SUM_BLOCKS 1024
 #define SUM_THREADS 256
@@ -70,10 +69,8 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_
 }
 
 void cuda_adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
-                       float wd, float grad_scale, int step) {
+                       float wd, float grad_scale, float inv_bc1, float inv_bc2) {
     if (!n) return;
-    float inv_bc1 = (float)(1.0 / (1.0 - pow((double)b1, step)));
-    float inv_bc2 = (float)(1.0 / (1.0 - pow((double)b2, step)));
     float decay = 1.0f - lr * wd;
     adamw_kernel<<<grid_for(n, 256), 256, 0, cuda_stream>>>(p, g, m, v, n, lr, b1, b2, eps, decay, grad_scale, inv_bc1,
                                                             inv_bc2);

@@ -4,6 +4,5 @@
 extern "C" {
 #include "common.h"
 #include "comm/comm_cuda.h"
-#include "model/cuda/ops_cuda.h"
 }
 #include "comm/comm_cuda.c"
