@@ -8,6 +8,9 @@ TMP=$(mktemp -d /tmp/train_moe_tests.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 . tests/suite.sh  # run NAME CMD...: one suite, added up; suite_end: the total line
 
+# the tree's layering and single sources (comm below model, each op declared once, no rank branches in model.c)
+run layering bash tests/test_layering.sh
+
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck
 
