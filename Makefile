@@ -50,7 +50,7 @@ ifneq ($(NVCC),)
                 -Xcompiler -Wall
   CUDA_SRC = $(wildcard model/cuda/*.cu)
   CUDA_OBJ = $(CUDA_SRC:%.cu=build/%.o)
-  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
   SELECT_SRC =
   # the collectives on GPU buffers (comm/comm_cuda.c, C on the CUDA runtime's C API): over NCCL when nccl.h and
   # libnccl are found (in the toolkit or the system; `make NCCL=0` leaves it out), else staged through host memory

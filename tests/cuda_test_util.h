@@ -10,14 +10,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #pragma GCC diagnostic ignored "-Wunused-function"
 
 static const Ops* gpu = NULL;
 static const Ops* cpu = &ops_cpu;
-static Rng rng;
 
 #define BF_RTOL 1e-2
 #define BF_AFRAC 1e-3
@@ -45,13 +42,8 @@ static float h_bf2f(uint16_t h) {
 static float round_bf(float f) { return h_bf2f(h_f2bf(f)); }
 
 // ----------------------------------------------------------------------------
-// random inputs (never zero)
+// random inputs (never zero; rn() and the stream rng are test_util.h's)
 
-static float rn(void) {
-    float v;
-    do { v = rng_normal(&rng); } while (fabsf(v) < 1e-3f);
-    return v;
-}
 static float* randv(size_t n, float scale) {  // exactly representable in bf16
     float* a = xmalloc(n * sizeof(float) + 4);
     for (size_t i = 0; i < n; i++) a[i] = round_bf(scale * rn());
@@ -61,11 +53,6 @@ static float* randf(size_t n, float scale) {
     float* a = xmalloc(n * sizeof(float) + 4);
     for (size_t i = 0; i < n; i++) a[i] = scale * rn();
     return a;
-}
-static float* fdup(const float* a, size_t n) {
-    float* b = xmalloc(n * sizeof(float) + 4);
-    memcpy(b, a, n * sizeof(float));
-    return b;
 }
 
 
@@ -205,14 +192,7 @@ static int cuda_test_main(const char* prog, const CudaTestGroup* groups, int ngr
         for (int i = 0; i < ngroups; i++) skip("cuda %s: %s", groups[i].name, cuda_skip_reason());
         return tests_summary();
     }
-    uint64_t seed;
-    const char* env = getenv("TEST_CUDA_SEED");
-    if (env && *env) seed = strtoull(env, NULL, 10);
-    else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        seed = (((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20)) % 1000000000000ull;
-    }
+    uint64_t seed = test_seed("TEST_CUDA_SEED");
     rng_seed(&rng, seed);
     printf("%s: seed %llu (rerun with TEST_CUDA_SEED=%llu)\n", prog, (unsigned long long)seed, (unsigned long long)seed);
     for (int i = 0; i < ngroups; i++) {

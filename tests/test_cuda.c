@@ -28,6 +28,7 @@
 // Without a GPU (or in a build without the CUDA backend) every group prints one SKIP line with the reason and the
 // binary exits 0. The seed is printed; TEST_CUDA_SEED=<n> reruns the same draw.
 #include "cuda_test_util.h"
+#include "../optim/optim.h"  // newton_schulz_table
 
 // ----------------------------------------------------------------------------
 // memory and conversions
@@ -449,16 +450,9 @@ static void test_muon_momentum(void) {
 }
 
 static void test_newton_schulz(int batch, int rows, int cols, const char* table) {
-    // the two tables of optim/muon.c (coeffs are host memory, as the optimizer passes them)
-    static const float ns_default[5][3] = {{3.4445f, -4.7750f, 2.0315f}, {3.4445f, -4.7750f, 2.0315f},
-                                           {3.4445f, -4.7750f, 2.0315f}, {3.4445f, -4.7750f, 2.0315f},
-                                           {3.4445f, -4.7750f, 2.0315f}};
-    static const float ns_polar[5][3] = {{8.156554524902461f, -22.48329292557795f, 15.878769915207462f},
-                                         {4.042929935166739f, -2.808917465908714f, 0.5000178451051316f},
-                                         {3.8916678022926607f, -2.772484153217685f, 0.5060648178503393f},
-                                         {3.285753657755655f, -2.3681294933425376f, 0.46449024233003106f},
-                                         {2.3465413258596377f, -1.7097828382687081f, 0.42323551169305323f}};
-    const float* coeffs = !strcmp(table, "polar") ? &ns_polar[0][0] : &ns_default[0][0];
+    // the optimizer's table, from optim/muon.c (host memory, as the optimizer passes it)
+    float coeffs[5 * 3];
+    if (newton_schulz_table(table, coeffs) != 5) fatal("test_newton_schulz: no 5-step table \"%s\"", table);
     size_t n = (size_t)batch * rows * cols;
     float* x = randf(n, 0.02f);
     float* ref = fdup(x, n);

@@ -9,9 +9,6 @@
 #include "../model/model.h"
 #include "../optim/optim.h"
 #include "test_util.h"
-#include <unistd.h>
-
-static Rng rng;
 
 // random orthogonal n x n (row-major, double) by Gram-Schmidt on Gaussian columns
 static void random_orthogonal(double* Qm, int n) {
@@ -247,7 +244,7 @@ static void test_qk_clip(void) {
 }
 
 int main(void) {
-    uint64_t seed = getenv("MUON_SEED") ? strtoull(getenv("MUON_SEED"), NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+    uint64_t seed = test_seed("MUON_SEED");
     printf("test_muon: seed %llu (MUON_SEED=%llu reproduces)\n", (unsigned long long)seed, (unsigned long long)seed);
     rng_seed(&rng, seed);
     test_known_spectrum(24, 24);

@@ -486,8 +486,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restri
 // da[n, kv_lora + r] = sum over heads in order of dkr[n, h, r]
 __global__ void attn_bwd_dkr_kernel(bf16* __restrict__ da, const float* __restrict__ dkr, int N, int H, int rope,
                                     int a_stride, int kv_lora) {
-    const size_t total = (size_t)N * rope;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(idx, (size_t)N * rope) {
         const size_t n = idx / rope;
         const int r = (int)(idx - n * rope);
         const float* src = dkr + n * (size_t)H * rope + r;

@@ -1,6 +1,6 @@
 // model/cuda/cuda_common.cuh: what every CUDA file of the backend shares: error checks that carry file and line,
-// the bf16 type, the one stream and the cuBLAS / cuBLASLt handles every op runs on, launch-size helpers,
-// deterministic warp/block reductions, and growable scratch buffers.
+// the bf16 type, the one stream and the cuBLAS handle every op runs on, the one GEMM helper (row-major), launch-size
+// helpers, deterministic warp/block reductions, and growable scratch buffers.
 //
 // Conventions of the backend (ops.h says the rest):
 //   - activations and the compute copy of the weights are bf16 (`bf16` below); everything else fp32 / int32;
@@ -19,7 +19,6 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
-#include <cublasLt.h>
 
 extern "C" {
 #include "../../common.h"
@@ -46,14 +45,32 @@ static inline void cublas_check_impl(cublasStatus_t st, const char* what, const 
 #define cudaCheckLaunch() cuda_check_impl(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
 // ----------------------------------------------------------------------------
-// the shared stream and library handles (defined in ops_cuda.cu, created by ops_cuda_get())
+// the shared stream and library handle (defined in ops_cuda.cu, created by ops_cuda_get())
 
 extern cudaStream_t cuda_stream;
 extern cublasHandle_t cuda_cublas;       // bound to cuda_stream, default (true fp32) math mode
-extern cublasLtHandle_t cuda_cublaslt;
-extern void* cuda_lt_workspace;          // workspace for cublasLtMatmul (and cuBLAS), cuda_lt_workspace_bytes
+extern void* cuda_lt_workspace;          // cuBLAS's one fixed workspace, cuda_lt_workspace_bytes
 extern size_t cuda_lt_workspace_bytes;
 extern int cuda_num_sms;                 // multiprocessors of the current device
+
+// ----------------------------------------------------------------------------
+// GEMM, in the backend's one layout convention: every matrix row-major, as the rest of the code stores it.
+//   C (M,N) = op(A) op(B) + beta C,  op(A) (M,K), op(B) (K,N),  op = transpose where ta / tb is 1,
+//   lda, ldb, ldc = row strides in elements; A and B bf16, C bf16 or fp32 (Ct), fp32 compute and accumulation.
+// cuBLAS is column-major, and a row-major (R,C) buffer is the column-major (C,R) matrix, its transpose; so cuBLAS
+// computes C^T (N,M) = op(B)^T op(A)^T: B and A swapped, dimensions (N, M, K). The experts' grouped GEMM
+// (moe.cu, gemm_many) makes the same swap for every GEMM of its group.
+
+static inline cublasOperation_t cublas_op(int transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+static inline void gemm_bf16(int ta, int tb, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
+                             float beta, void* C, cudaDataType_t Ct, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 && beta == 1.0f) return;  // nothing to add
+    const float alpha = 1.0f;
+    cublasCheck(cublasGemmEx(cuda_cublas, cublas_op(tb), cublas_op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, A,
+                             CUDA_R_16BF, lda, &beta, C, Ct, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
 
 // ----------------------------------------------------------------------------
 // launch helpers

@@ -167,30 +167,21 @@ void cuda_rmsnorm_backward(void* dinp, int in_stride, int accumulate, float* dga
 }
 
 // ----------------------------------------------------------------------------
-// matmul: out (N,OC) = inp (N,C) w^T, w (OC,C), all row-major. cuBLAS is column-major: a row-major (R,C) buffer is
-// the column-major (C,R) matrix, its transpose, so each product below is written for the transposes.
-
-static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* A, int lda,
-                      const void* B, int ldb, float beta, void* Cm, cudaDataType_t ctype, int ldc) {
-    float alpha = 1.0f;
-    cublasCheck(cublasGemmEx(cuda_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, Cm,
-                             ctype, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
+// matmul: out (N,OC) = inp (N,C) w^T, w (OC,C), all row-major, through gemm_bf16 (cuda_common.cuh)
 
 void cuda_matmul_forward(void* out, const void* inp, const void* w, int N, int C, int OC) {
     if (N <= 0 || OC <= 0) return;
     if (C <= 0) { cudaCheck(cudaMemsetAsync(out, 0, (size_t)N * OC * sizeof(bf16), cuda_stream)); return; }
-    // out^T (OC,N) = w (OC,C) inp^T (C,N): w's buffer is w^T column-major (transpose it back), inp's is inp^T
-    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, 0.0f, out, CUDA_R_16BF, OC);
+    gemm_bf16(0, 1, N, OC, C, inp, C, w, C, 0.0f, out, CUDA_R_16BF, OC);
 }
 
 void cuda_matmul_backward(void* dinp, int accumulate, float* dw, const void* dout, const void* inp, const void* w,
                           int N, int C, int OC) {
     if (N <= 0 || C <= 0 || OC <= 0) return;
-    // dinp^T (C,N) = w^T (C,OC) dout^T (OC,N): both buffers are already those transposes
-    if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, accumulate ? 1.0f : 0.0f, dinp, CUDA_R_16BF, C);
-    // dw^T (C,OC) += inp^T (C,N) dout (N,OC): inp's buffer is inp^T, dout's is dout^T (transpose it back); fp32 C
-    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, CUDA_R_32F, C);
+    // dinp (N,C) (+)= dout (N,OC) w (OC,C)
+    if (dinp) gemm_bf16(0, 0, N, C, OC, dout, OC, w, C, accumulate ? 1.0f : 0.0f, dinp, CUDA_R_16BF, C);
+    // dw (OC,C) += dout^T (OC,N) inp (N,C), fp32
+    gemm_bf16(1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dw, CUDA_R_32F, C);
 }
 
 // ----------------------------------------------------------------------------

@@ -28,27 +28,20 @@
 //     cores, 32x32 output tiles, rows summed in order); which is faster depends on the sizes and is for
 //     dev/cuda/check.sh to measure before it becomes the default.
 //   TRAIN_MOE_EXPERT_GEMM=loop forces the per-expert loop for every expert GEMM.
-//   SwiGLU (forward and backward) runs once over all routed rows.
+//   SwiGLU (forward and backward) runs once over all routed rows, by dense.cu's kernels (cuda_swiglu_*).
+// Every GEMM here is row-major, through gemm_bf16 (cuda_common.cuh) or, for the experts' grouped GEMMs, gemm_many
+// with the same convention.
 // Determinism: every kernel here is deterministic (no float atomics; integer atomics only for counts); cuBLAS GEMMs
 // are deterministic for a fixed configuration and stream.
 #include "cuda_common.cuh"
+#include "ops_cuda.h"  // cuda_swiglu_forward / _backward (dense.cu)
 
 #include <limits.h>
 
 // ----------------------------------------------------------------------------
-// GEMM helpers (row-major semantics on top of column-major cuBLAS)
+// the experts' GEMMs: many row-major GEMMs (gemm_bf16's convention, cuda_common.cuh), grouped when cuBLAS can
 
-// Row-major C (M,N) = alpha op(A) op(B) + beta C, op(A) (M,K), op(B) (K,N), leading dimensions in elements.
-// Column-major, that is C^T (N,M) = op(B)^T op(A)^T: cuBLAS gets (B, A) swapped.
-static void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const void* A, cudaDataType_t At, int lda,
-                    const void* B, cudaDataType_t Bt, int ldb, float beta, void* C, cudaDataType_t Ct, int ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0 && beta == 1.0f) return;
-    cublasCheck(cublasGemmEx(cuda_cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
-                             &alpha, B, Bt, ldb, A, At, lda, &beta, C, Ct, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-// one row-major GEMM of a group (C = op(A) op(B) + beta C, alpha 1)
+// one row-major GEMM of a group: C (M,N) = op(A) op(B) + beta C, as gemm_bf16's arguments
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc;
     const void* A;
@@ -117,9 +110,9 @@ static void gemm_many(const GemmProb* g, int count, float beta, cudaDataType_t C
             *ldc = dims + 5 * count, *gs = dims + 6 * count;
         float* ab = (float*)xmalloc((size_t)count * 2 * sizeof(float));
         for (int i = 0; i < count; i++) {
-            // column-major: C^T = op(B)^T op(A)^T
-            opa[i] = g[i].tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-            opb[i] = g[i].ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+            // column-major: C^T = op(B)^T op(A)^T, the swap gemm_bf16 makes
+            opa[i] = cublas_op(g[i].tb);
+            opb[i] = cublas_op(g[i].ta);
             m[i] = g[i].N;
             n[i] = g[i].M;
             k[i] = g[i].K;
@@ -147,8 +140,8 @@ static void gemm_many(const GemmProb* g, int count, float beta, cudaDataType_t C
         grouped_gemm_ok = 0;
     }
     for (int i = 0; i < count; i++)
-        gemm_rm(g[i].ta, g[i].tb, g[i].M, g[i].N, g[i].K, 1.0f, g[i].A, CUDA_R_16BF, g[i].lda, g[i].B, CUDA_R_16BF,
-                g[i].ldb, beta, g[i].C, Ct, g[i].ldc);
+        gemm_bf16(g[i].ta, g[i].tb, g[i].M, g[i].N, g[i].K, g[i].A, g[i].lda, g[i].B, g[i].ldb, beta, g[i].C, Ct,
+                  g[i].ldc);
 }
 
 // ----------------------------------------------------------------------------
@@ -206,7 +199,7 @@ extern "C" void cuda_moe_router_forward(float* scores, int* sel, float* gates, c
                                         const float* bias, int N, int d, int E, int K, float routed_scale) {
     if (N <= 0) return;
     if (K < 1 || K > 64 || K > E) fatal("cuda_moe_router_forward: top_k %d unsupported (1..min(64, E=%d))", K, E);
-    gemm_rm(0, 1, N, E, d, 1.0f, x, CUDA_R_16BF, d, w_router, CUDA_R_16BF, d, 0.0f, scores, CUDA_R_32F, E);
+    gemm_bf16(0, 1, N, E, d, x, d, w_router, d, 0.0f, scores, CUDA_R_32F, E);
     router_topk_kernel<<<ceil_div_u(N, ROUTER_WARPS), ROUTER_WARPS * 32, 0, cuda_stream>>>(scores, sel, gates, bias, N,
                                                                                          E, K, routed_scale);
     cudaCheckLaunch();
@@ -351,8 +344,7 @@ __global__ void router_bwd_rows_kernel(float* __restrict__ dscores, const float*
 
 // ds2 (N, 2E) bf16: [:, :E] = hi = bf16(ds), [:, E:] = lo = bf16(ds - hi)
 __global__ void split_hi_lo_kernel(bf16* __restrict__ ds2, const float* __restrict__ ds, int N, int E) {
-    const size_t total = (size_t)N * E;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(i, (size_t)N * E) {
         const size_t n = i / E, e = i - n * E;
         const float v = ds[i];
         const bf16 hi = __float2bfloat16_rn(v);
@@ -381,10 +373,10 @@ extern "C" void cuda_moe_router_backward(void* dx, float* dw_router, float* dsco
     cudaCheck(cudaMemcpyAsync(w2, w_router, wbytes, cudaMemcpyDeviceToDevice, cuda_stream));
     cudaCheck(cudaMemcpyAsync((char*)w2 + wbytes, w_router, wbytes, cudaMemcpyDeviceToDevice, cuda_stream));
     // dx (N,d) += [hi | lo] (N,2E) [W; W] (2E,d)
-    gemm_rm(0, 0, N, d, 2 * E, 1.0f, ds2, CUDA_R_16BF, 2 * E, w2, CUDA_R_16BF, d, 1.0f, dx, CUDA_R_16BF, d);
+    gemm_bf16(0, 0, N, d, 2 * E, ds2, 2 * E, w2, d, 1.0f, dx, CUDA_R_16BF, d);
     // dW (E,d) += hi^T x + lo^T x
-    gemm_rm(1, 0, E, d, N, 1.0f, ds2, CUDA_R_16BF, 2 * E, x, CUDA_R_16BF, d, 1.0f, dw_router, CUDA_R_32F, d);
-    gemm_rm(1, 0, E, d, N, 1.0f, ds2 + E, CUDA_R_16BF, 2 * E, x, CUDA_R_16BF, d, 1.0f, dw_router, CUDA_R_32F, d);
+    gemm_bf16(1, 0, E, d, N, ds2, 2 * E, x, d, 1.0f, dw_router, CUDA_R_32F, d);
+    gemm_bf16(1, 0, E, d, N, ds2 + E, 2 * E, x, d, 1.0f, dw_router, CUDA_R_32F, d);
 }
 
 // ----------------------------------------------------------------------------
@@ -511,8 +503,7 @@ template <bool VEC>
 __global__ void gather_rows_kernel(bf16* __restrict__ dst, const bf16* __restrict__ src, const int* __restrict__ idx,
                                    int rows, int d) {
     const int w = VEC ? d / 8 : d;
-    const size_t total = (size_t)rows * w;
-    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(u, (size_t)rows * w) {
         const size_t i = u / w, c = u - i * w;
         const size_t from = (size_t)idx[i];
         if (VEC) reinterpret_cast<int4*>(dst)[i * w + c] = reinterpret_cast<const int4*>(src)[from * w + c];
@@ -535,8 +526,7 @@ extern "C" void cuda_moe_gather(void* xe, const void* x, const int* token_of, in
 // dx[n, c] += sum_k dxe[row_of[n, k], c]   (fp32 sum in k order, one rounding)
 __global__ void gather_bwd_kernel(bf16* __restrict__ dx, const bf16* __restrict__ dxe, const int* __restrict__ row_of,
                                   int N, int K, int d) {
-    const size_t total = (size_t)N * d;
-    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(u, (size_t)N * d) {
         const size_t n = u / d, c = u - n * d;
         float acc = __bfloat162float(dx[u]);
         for (int k = 0; k < K; k++) acc += __bfloat162float(dxe[(size_t)row_of[n * K + k] * d + c]);
@@ -554,8 +544,7 @@ extern "C" void cuda_moe_gather_backward(void* dx, const void* dxe, const int* r
 // y[n, c] += sum_k gates[n, k] ye[row_of[n, k], c]
 __global__ void combine_fwd_kernel(bf16* __restrict__ y, const bf16* __restrict__ ye, const float* __restrict__ gates,
                                    const int* __restrict__ row_of, int N, int K, int d) {
-    const size_t total = (size_t)N * d;
-    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(u, (size_t)N * d) {
         const size_t n = u / d, c = u - n * d;
         float acc = __bfloat162float(y[u]);
         for (int k = 0; k < K; k++)
@@ -607,32 +596,6 @@ extern "C" void cuda_moe_combine_backward(void* dye, float* dgates, const void* 
 // ----------------------------------------------------------------------------
 // experts
 
-// out (rows, f) = silu(h13[:, :f]) * h13[:, f:]
-__global__ void moe_swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict__ h13, size_t rows, int f) {
-    const size_t total = rows * f;
-    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = u / f, j = u - n * f;
-        const float a = __bfloat162float(h13[n * 2 * f + j]);
-        const float b = __bfloat162float(h13[n * 2 * f + f + j]);
-        const float s = 1.0f / (1.0f + expf(-a));
-        out[u] = __float2bfloat16_rn(a * s * b);
-    }
-}
-
-__global__ void moe_swiglu_bwd_kernel(bf16* __restrict__ dh13, const bf16* __restrict__ dout,
-                                      const bf16* __restrict__ h13, size_t rows, int f) {
-    const size_t total = rows * f;
-    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = u / f, j = u - n * f;
-        const float a = __bfloat162float(h13[n * 2 * f + j]);
-        const float b = __bfloat162float(h13[n * 2 * f + f + j]);
-        const float dy = __bfloat162float(dout[u]);
-        const float s = 1.0f / (1.0f + expf(-a));
-        dh13[n * 2 * f + j] = __float2bfloat16_rn(dy * b * s * (1.0f + a * (1.0f - s)));
-        dh13[n * 2 * f + f + j] = __float2bfloat16_rn(dy * a * s);
-    }
-}
-
 // the expert offsets on the host: one copy and one synchronisation per call
 static int* moe_offsets_host = NULL;
 static int moe_offsets_cap = 0;
@@ -674,10 +637,7 @@ extern "C" void cuda_moe_experts_forward(void* ye, void* h13, void* hact, const 
     }
     const size_t r0 = (size_t)off[0], rows = (size_t)(off[E] - off[0]);
     gemm_many(g1, cnt, 0.0f, CUDA_R_16BF, 0);
-    if (rows > 0) {
-        moe_swiglu_fwd_kernel<<<grid_for(rows * f, 256), 256, 0, cuda_stream>>>(HA + r0 * f, H13 + r0 * 2 * f, rows, f);
-        cudaCheckLaunch();
-    }
+    cuda_swiglu_forward(HA + r0 * f, H13 + r0 * 2 * f, (int)rows, f);
     gemm_many(g2, cnt, 0.0f, CUDA_R_16BF, 1);
     free(g1);
     free(g2);
@@ -756,11 +716,7 @@ extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, vo
     // dW2[e] (d,f) += dY_e^T hact_e
     if (dw_kernel) expert_dw(dw2, dY, HA, offsets, E, d, f);
     else gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F, 1);  // per-expert loop (no grouped bf16 -> fp32)
-    if (rows > 0) {
-        moe_swiglu_bwd_kernel<<<grid_for(rows * f, 256), 256, 0, cuda_stream>>>(dH13 + r0 * 2 * f, dH + r0 * f,
-                                                                               H13 + r0 * 2 * f, rows, f);
-        cudaCheckLaunch();
-    }
+    cuda_swiglu_backward(dH13 + r0 * 2 * f, dH + r0 * f, H13 + r0 * 2 * f, (int)rows, f);
     gemm_many(g_dx, cnt, 0.0f, CUDA_R_16BF, 2);
     // dW13[e] (2f,d) += dH13_e^T xe_e
     if (dw_kernel) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d);

@@ -7,7 +7,6 @@
 
 cudaStream_t cuda_stream = NULL;
 cublasHandle_t cuda_cublas = NULL;
-cublasLtHandle_t cuda_cublaslt = NULL;
 void* cuda_lt_workspace = NULL;
 size_t cuda_lt_workspace_bytes = 0;
 int cuda_num_sms = 0;
@@ -162,11 +161,10 @@ extern "C" const Ops* ops_cuda_get(void) {
     // CUBLAS_DEFAULT_MATH: fp32 GEMMs (Newton-Schulz) stay true fp32 (no TF32); bf16 GemmEx uses the tensor cores
     cublasCheck(cublasSetMathMode(cuda_cublas, CUBLAS_DEFAULT_MATH));
     // one fixed workspace for cuBLAS (so its algorithm choice, and hence its results, do not vary with what memory
-    // happens to be free) and for cuBLASLt calls
+    // happens to be free)
     cuda_lt_workspace_bytes = (size_t)32 << 20;
     cudaCheck(cudaMalloc(&cuda_lt_workspace, cuda_lt_workspace_bytes));
     cublasCheck(cublasSetWorkspace(cuda_cublas, cuda_lt_workspace, cuda_lt_workspace_bytes));
-    cublasCheck(cublasLtCreate(&cuda_cublaslt));
     unavailable_reason = NULL;
     state = 1;
     return &ops_cuda_table;

@@ -4,7 +4,6 @@
 #include "cuda_runtime.h"
 #include "cuda_bf16.h"
 #include "cublas_v2.h"
-#include "cublasLt.h"
 #include <stdlib.h>
 #include <vector>
 #include <functional>
@@ -155,9 +154,24 @@ static std::vector<float> widen(const void* p, cudaDataType_t t, int rows, int c
     for (size_t i = 0; i < n; i++) v[i] = ld_el(p, t, i);
     return v;
 }
+// EMU_GEMM_TRACE=FILE appends one line per GEMM (every argument but the pointers), so that a refactor of the
+// backend's GEMM calls can be checked to issue the very same calls: diff the traces before and after.
+static FILE* gemm_trace_file(void) {
+    static FILE* f = NULL;
+    static int opened = 0;
+    if (!opened) {
+        opened = 1;
+        const char* path = getenv("EMU_GEMM_TRACE");
+        if (path && *path && !(f = fopen(path, "a"))) { fprintf(stderr, "emu: cannot open %s\n", path); abort(); }
+    }
+    return f;
+}
 static cublasStatus_t gemm1(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                             const void* A, cudaDataType_t At, int lda, const void* B, cudaDataType_t Bt, int ldb,
                             float beta, void* C, cudaDataType_t Ct, int ldc) {
+    if (FILE* tf = gemm_trace_file())
+        fprintf(tf, "gemm ta %d tb %d m %d n %d k %d alpha %g A %d lda %d B %d ldb %d beta %g C %d ldc %d\n", (int)ta,
+                (int)tb, m, n, k, alpha, (int)At, lda, (int)Bt, ldb, beta, (int)Ct, ldc);
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) { fprintf(stderr, "emu gemm: lda\n"); return CUBLAS_STATUS_INVALID_VALUE; }
     if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) { fprintf(stderr, "emu gemm: ldb\n"); return CUBLAS_STATUS_INVALID_VALUE; }
