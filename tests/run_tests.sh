@@ -10,6 +10,8 @@ trap 'rm -rf "$TMP"' EXIT
 
 # the tree's layering and single sources (comm below model, each op declared once, no rank branches in model.c)
 run layering bash tests/test_layering.sh
+# the CUDA backend's hygiene: one GEMM call site, GRID_STRIDE_LOOP, SwiGLU once, no copied tables, short functions
+run "cuda hygiene" bash tests/test_cuda_hygiene.sh
 
 # finite-difference checks of every op's backward
 run gradcheck ./build/tests/test_gradcheck

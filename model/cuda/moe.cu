@@ -34,7 +34,6 @@
 // Determinism: every kernel here is deterministic (no float atomics; integer atomics only for counts); cuBLAS GEMMs
 // are deterministic for a fixed configuration and stream.
 #include "cuda_common.cuh"
-#include "ops_cuda.h"  // cuda_swiglu_forward / _backward (dense.cu)
 
 #include <limits.h>
 
