@@ -122,8 +122,11 @@ fi
 rm -rf "$cut511" 2>/dev/null
 
 # a second trainer on a busy --out
-timeout 300 "$BIN" "${RUN[@]}" --steps 400 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" > "$W/busy.out" 2> "$W/busy.err" < /dev/null &
+# (started directly, so $! is the trainer itself, the process kill -9 must hit; a watchdog stands in for timeout)
+"$BIN" "${RUN[@]}" --steps 400 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" > "$W/busy.out" 2> "$W/busy.err" < /dev/null &
 first=$!
+( sleep 300; kill -9 $first 2>/dev/null ) > /dev/null 2>&1 &
+watchdog=$!
 for _ in $(seq 1 200); do [ -f "$W/busy/DONE_00000002" ] && break; sleep 0.1; done
 for mode in --resume --overwrite; do
     t0=$(date +%s)
@@ -134,7 +137,7 @@ for mode in --resume --overwrite; do
         fail "second trainer with $mode: exit $RC: $(oneline "$W/second.err")"
     fi
 done
-pkill -9 -P $first; kill -9 $first 2>/dev/null; wait $first 2>/dev/null   # the trainer (timeout's child), then timeout
+kill -9 $first 2>/dev/null; wait $first 2>/dev/null; kill $watchdog 2>/dev/null
 if [ -f "$W/busy/log.jsonl" ] && [ -n "$(ls "$W/busy" | grep '^DONE_')" ]; then pass "the first trainer's run survived the refused --overwrite"
 else fail "the first trainer's run was damaged: $(ls "$W/busy" | tr '\n' ' ')"; fi
 # the kernel drops a killed process's lock: a --resume starts (stopped once it has resumed)
