@@ -72,7 +72,7 @@ static int* random_sel(int N, int K, int E) {
 
 static void test_attention(int B, int T, int H, int nope, int rope, int dv, int kv_lora) {
     char what[200], shape[120];
-    snprintf(shape, sizeof(shape), "B=%d T=%d H=%d nope=%d rope=%d dv=%d kv_lora=%d", mla);
+    snprintf(shape, sizeof(shape), "B=%d T=%d H=%d nope=%d rope=%d dv=%d kv_lora=%d", B, T, H, nope, rope, dv, kv_lora);
     const int dqk = nope + rope, N = B * T, akv = kv_lora + rope;
     MlaShape mla = {.B = B, .T = T, .H = H, .nope = nope, .rope = rope, .dv = dv, .kv_lora = kv_lora};
     const size_t nq = (size_t)N * H * dqk, nkv = (size_t)N * H * (nope + dv), na = (size_t)N * akv,
