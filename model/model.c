@@ -265,6 +265,8 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     int N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope;
+    MlaShape mla = {.B = B, .T = T, .H = H, .nope = nope, .rope = rope, .dv = dv, .kv_lora = kvl};
+    MoeShape moe_shape = {.B = B, .T = T, .d = d, .E = E, .K = K};
     a->cur_B = B;
     a->cur_T = T;
     a->has_targets = targets != NULL;
@@ -290,8 +292,7 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         ops->rmsnorm_forward(la->ckv, la->rstd_kv, la->a, akv, w->kv_norm, N, kvl, c->norm_eps);
         ops->matmul_forward(la->kv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
         model_prof(m, PROF_ATTENTION);
-        ops->attention_forward(la->att, la->lse, m->maxlogit + (size_t)l * H, la->q, la->kv, la->a,
-                               B, T, H, nope, rope, dv, kvl);
+        ops->attention_forward(la->att, la->lse, m->maxlogit + (size_t)l * H, la->q, la->kv, la->a, mla);
         model_prof(m, PROF_OTHER);
         ops->matmul_forward(la->x_mid, la->att, w->wo, N, H * dv, d);  // the projection, then the residual add
         ops->add_inplace(la->x_mid, la->x_in, (size_t)N * d);
@@ -307,12 +308,12 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
             int mi = l - c->n_dense_layers;
             float* bias = m->router_bias + (size_t)mi * E;
             model_prof(m, PROF_ROUTING);
-            ops->moe_router_forward(la->scores, la->sel, la->gates, la->h2, w->router, bias, N, d, E, K, c->routed_scale);
-            if (targets) ops->moe_balance_loss(m->aux_acc, la->scores, la->sel, B, T, E, K, m->balance_alpha);
-            ops->moe_dispatch(la->offsets, la->row_of, la->token_of, m->expert_load + (size_t)mi * E, la->sel, N, K, E);
+            ops->moe_router_forward(la->scores, la->sel, la->gates, la->h2, w->router, bias, moe_shape, c->routed_scale);
+            if (targets) ops->moe_balance_loss(m->aux_acc, la->scores, la->sel, moe_shape, m->balance_alpha);
+            ops->moe_dispatch(la->offsets, la->row_of, la->token_of, m->expert_load + (size_t)mi * E, la->sel, moe_shape);
             ops->moe_gather(la->xe, la->h2, la->token_of, N * K, d);
             experts_forward(m, a, la, w);  // ye: the experts' outputs, wherever the experts are
-            ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, N, K, d);
+            ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, moe_shape);
             model_prof(m, PROF_OTHER);
         }
         ops->add(x_out, la->x_mid, la->ffn_out, (size_t)N * d);
@@ -345,6 +346,8 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
     int B = a->cur_B, T = a->cur_T, N = B * T, d = c->d_model, H = c->n_heads, K = c->top_k, E = c->n_experts;
     int nope = c->qk_nope, rope = c->qk_rope, dv = c->v_head, dqk = nope + rope, kvl = c->kv_lora;
     int akv = kvl + rope, V = c->vocab_size;
+    MlaShape mla = {.B = B, .T = T, .H = H, .nope = nope, .rope = rope, .dv = dv, .kv_lora = kvl};
+    MoeShape moe_shape = {.B = B, .T = T, .d = d, .E = E, .K = K};
     GradScratch* g = &a->g;
     size_t ab = ops->act_bytes;
 
@@ -369,12 +372,12 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         ops->matmul_backward(g->dn, 0, wg->w13, g->dh13, la->h2, w->w13, N, d, 2 * fw);
         if (moe) {
             model_prof(m, PROF_ROUTING);
-            ops->moe_combine_backward(g->dye, g->dgates, g->dx, la->ye, la->gates, la->row_of, N, K, d);
+            ops->moe_combine_backward(g->dye, g->dgates, g->dx, la->ye, la->gates, la->row_of, moe_shape);
             experts_backward(m, a, la, w, wg);  // dxe, and the experts' gradients
-            ops->moe_gather_backward(g->dn, g->dxe, la->row_of, N, K, d);
+            ops->moe_gather_backward(g->dn, g->dxe, la->row_of, moe_shape);
             BalanceGrad bal = balance_grad(B, T, E, K, m->balance_alpha, loss_scale);
             ops->moe_router_backward(g->dn, wg->router, g->dscores, g->dgates, la->scores, la->sel, la->h2, w->router,
-                                     B, T, d, E, K, c->routed_scale, bal);
+                                     moe_shape, c->routed_scale, bal);
             model_prof(m, PROF_OTHER);
         }
         ops->rmsnorm_backward(g->dx, d, 1, wg->ffn_norm, g->dn, la->x_mid, w->ffn_norm, la->rstd_h2, N, d);
@@ -382,8 +385,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         // --- attention. dx is now d loss / d x_mid.
         ops->matmul_backward(g->datt, 0, wg->wo, g->dx, la->att, w->wo, N, H * dv, d);
         model_prof(m, PROF_ATTENTION);
-        ops->attention_backward(g->dq, g->dkv, g->da, g->datt, la->q, la->kv, la->a, la->att, la->lse,
-                                B, T, H, nope, rope, dv, kvl);
+        ops->attention_backward(g->dq, g->dkv, g->da, g->datt, la->q, la->kv, la->a, la->att, la->lse, mla);
         model_prof(m, PROF_OTHER);
         ops->rope(g->dq, N, T, H, H * dqk, dqk, nope, rope, c->rope_theta, 1);
         ops->rope(g->da, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 1);

@@ -17,6 +17,27 @@
 #include <stddef.h>
 #include <math.h>
 
+// ---- the shapes that the attention and routing ops take whole (one argument instead of a tail of ints)
+
+// MLA attention (MODEL.md): B sequences of T rows (N = B*T), H heads; each head's query/key is nope + rope wide
+// (dqk), its value dv wide; the shared latent a has kv_lora + rope columns (the last rope are the shared key).
+typedef struct {
+    int B, T;      // sequences, rows per sequence
+    int H;         // heads
+    int nope;      // per-head query/key columns without RoPE
+    int rope;      // per-head query/key columns with RoPE (the key's are shared by all heads)
+    int dv;        // per-head value columns
+    int kv_lora;   // latent columns of a before its rope key
+} MlaShape;
+
+// A MoE layer's routing: B sequences of T rows (N = B*T) of width d, each choosing K of E experts.
+typedef struct {
+    int B, T;      // sequences, rows per sequence
+    int d;         // model width (router input)
+    int E;         // routed experts
+    int K;         // experts chosen per row (top-K)
+} MoeShape;
+
 // ---- host-side scalars that both backends' ops take ready-made (one formula, not one per backend)
 
 // The balance loss's scalars in the router backward (MODEL.md), for B sequences of T rows, E experts, top-K.

@@ -48,31 +48,30 @@ OP(void, rope, (void* x, int N, int T, int n_heads, int row_stride, int head_str
 // a (N, kv_lora+rope), RoPE applied. Writes out (N, H*dv), lse (B,H,T) softmax log-sum-exp, and
 // maxlogit (H) = max(maxlogit, max scaled logit of each head) (a running max across calls).
 OP(void, attention_forward, (void* out, float* lse, float* maxlogit, const void* q, const void* kv, const void* a,
-   int B, int T, int H, int nope, int rope, int dv, int kv_lora))
+   MlaShape shape))
 // writes dq (N,H*dqk), dkv (N,H*(nope+dv)) and the rope-key columns of da (N, kv_lora+rope) (others untouched)
 OP(void, attention_backward, (void* dq, void* dkv, void* da, const void* dout, const void* q, const void* kv,
-   const void* a, const void* out, const float* lse, int B, int T, int H, int nope, int rope, int dv, int kv_lora))
+   const void* a, const void* out, const float* lse, MlaShape shape))
 
 // ---- MoE
 // scores (N,E) = sigmoid(x w_router^T) in fp32; sel (N,K) = top-K of scores + bias (E);
 // gates (N,K) = routed_scale * scores[sel] / sum of scores[sel]
 OP(void, moe_router_forward, (float* scores, int* sel, float* gates, const void* x, const void* w_router,
-   const float* bias, int N, int d, int E, int K, float routed_scale))
+   const float* bias, MoeShape shape, float routed_scale))
 // aux += alpha * mean over the B sequences of sum_i f_i P_i (MODEL.md); aux is one float
-OP(void, moe_balance_loss, (float* aux, const float* scores, const int* sel, int B, int T, int E, int K, float alpha))
+OP(void, moe_balance_loss, (float* aux, const float* scores, const int* sel, MoeShape shape, float alpha))
 // backward of router + gates + balance loss (its scalars in bal, from balance_grad(): scaled by loss_scale like
 // the rest of the loss): dx (N,d) +=, dw_router (E,d) +=; dscores (N,E) is scratch
 OP(void, moe_router_backward, (void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
-   const int* sel, const void* x, const void* w_router, int B, int T, int d, int E, int K, float routed_scale,
-   BalanceGrad bal))
+   const int* sel, const void* x, const void* w_router, MoeShape shape, float routed_scale, BalanceGrad bal))
 // Groups the N*K (row, k) choices by expert, stable in (row, k) order: offsets (E+1) where expert e's rows
 // are [offsets[e], offsets[e+1]) of the expert-ordered buffers; row_of (N*K): expert-ordered position of
 // choice (n,k); token_of (N*K): token row of each expert-ordered position; load (E) += tokens per expert.
-OP(void, moe_dispatch, (int* offsets, int* row_of, int* token_of, float* load, const int* sel, int N, int K, int E))
+OP(void, moe_dispatch, (int* offsets, int* row_of, int* token_of, float* load, const int* sel, MoeShape shape))
 // xe (N*K,d) = x[token_of]
 OP(void, moe_gather, (void* xe, const void* x, const int* token_of, int NK, int d))
 // dx (N,d) += sum over k of dxe[row_of[n,k]]
-OP(void, moe_gather_backward, (void* dx, const void* dxe, const int* row_of, int N, int K, int d))
+OP(void, moe_gather_backward, (void* dx, const void* dxe, const int* row_of, MoeShape shape))
 // for each expert e, its rows of xe (offsets as from moe_dispatch): h13 = xe w13[e]^T (.,2f),
 // hact = swiglu(h13) (.,f), ye = hact w2[e]^T (.,d); w13 (E,2f,d), w2 (E,d,f)
 OP(void, moe_experts_forward, (void* ye, void* h13, void* hact, const void* xe, const void* w13, const void* w2,
@@ -82,10 +81,10 @@ OP(void, moe_experts_backward, (void* dxe, float* dw13, float* dw2, void* dh13, 
    const void* xe, const void* h13, const void* hact, const void* w13, const void* w2, const int* offsets, int E,
    int d, int f))
 // y (N,d) += sum_k gates[n,k] ye[row_of[n,k]]
-OP(void, moe_combine_forward, (void* y, const void* ye, const float* gates, const int* row_of, int N, int K, int d))
+OP(void, moe_combine_forward, (void* y, const void* ye, const float* gates, const int* row_of, MoeShape shape))
 // dye (N*K,d) written; dgates (N,K) written
 OP(void, moe_combine_backward, (void* dye, float* dgates, const void* dy, const void* ye, const float* gates,
-   const int* row_of, int N, int K, int d))
+   const int* row_of, MoeShape shape))
 
 // ---- loss
 // losses (N) = -log softmax(logits)[target]

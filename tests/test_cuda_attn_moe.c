@@ -74,6 +74,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     char what[200], shape[120];
     snprintf(shape, sizeof(shape), "B=%d T=%d H=%d nope=%d rope=%d dv=%d kv_lora=%d", B, T, H, nope, rope, dv, kv_lora);
     const int dqk = nope + rope, N = B * T, akv = kv_lora + rope;
+    MlaShape mla = {.B = B, .T = T, .H = H, .nope = nope, .rope = rope, .dv = dv, .kv_lora = kv_lora};
     const size_t nq = (size_t)N * H * dqk, nkv = (size_t)N * H * (nope + dv), na = (size_t)N * akv,
                  no = (size_t)N * H * dv, nl = (size_t)B * H * T;
     float* q = randv(nq, 1.5f);
@@ -86,7 +87,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     float* out_c = xmalloc(no * sizeof(float));
     float* lse_c = xmalloc(nl * sizeof(float));
     float* ml_c = fdup(ml0, H);
-    cpu->attention_forward(out_c, lse_c, ml_c, q, kv, a, B, T, H, nope, rope, dv, kv_lora);
+    cpu->attention_forward(out_c, lse_c, ml_c, q, kv, a, mla);
 
     // GPU
     void* dq_in = up_bf16(q, nq);
@@ -97,7 +98,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     float* dml = up_f32(ml0, H);
     poison_bf16(dout_o, no);
     poison_f32(dlse, nl);
-    gpu->attention_forward(dout_o, dlse, dml, dq_in, dkv_in, da_in, B, T, H, nope, rope, dv, kv_lora);
+    gpu->attention_forward(dout_o, dlse, dml, dq_in, dkv_in, da_in, mla);
     float* out_g = down_bf16(dout_o, no);
     float* lse_g = down_f32(dlse, nl);
     float* ml_g = down_f32(dml, H);
@@ -110,7 +111,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     check(ml_g[0] == 1e9f, "attention_forward: a head whose running max is larger keeps it (%.9g)", (double)ml_g[0]);
     // determinism: again from the same state
     gpu->to_device(dml, ml0, H * sizeof(float));
-    gpu->attention_forward(dout_o, dlse, dml, dq_in, dkv_in, da_in, B, T, H, nope, rope, dv, kv_lora);
+    gpu->attention_forward(dout_o, dlse, dml, dq_in, dkv_in, da_in, mla);
     {
         float* o2 = down_bf16(dout_o, no);
         float* l2 = down_f32(dlse, nl);
@@ -127,7 +128,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     float* dq_c = xmalloc(nq * sizeof(float));
     float* dkv_c = xmalloc(nkv * sizeof(float));
     float* da_c = fdup(da0, na);
-    cpu->attention_backward(dq_c, dkv_c, da_c, go, q, kv, a, out_c, lse_c, B, T, H, nope, rope, dv, kv_lora);
+    cpu->attention_backward(dq_c, dkv_c, da_c, go, q, kv, a, out_c, lse_c, mla);
     void* dgo = up_bf16(go, no);
     void* ddq = gpu->malloc(nq * 2);
     void* ddkv = gpu->malloc(nkv * 2);
@@ -135,7 +136,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     poison_bf16(ddq, nq);
     poison_bf16(ddkv, nkv);
     // backward from the GPU's own forward (its out for D, its lse)
-    gpu->attention_backward(ddq, ddkv, dda, dgo, dq_in, dkv_in, da_in, dout_o, dlse, B, T, H, nope, rope, dv, kv_lora);
+    gpu->attention_backward(ddq, ddkv, dda, dgo, dq_in, dkv_in, da_in, dout_o, dlse, mla);
     float* dq_g = down_bf16(ddq, nq);
     float* dkv_g = down_bf16(ddkv, nkv);
     float* da_g = down_bf16(dda, na);
@@ -165,7 +166,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     poison_bf16(ddq, nq);
     poison_bf16(ddkv, nkv);
     set_bf16(dda, da0, na);
-    gpu->attention_backward(ddq, ddkv, dda, dgo, dq_in, dkv_in, da_in, dout_o, dlse, B, T, H, nope, rope, dv, kv_lora);
+    gpu->attention_backward(ddq, ddkv, dda, dgo, dq_in, dkv_in, da_in, dout_o, dlse, mla);
     {
         float* a2 = down_bf16(ddq, nq);
         float* b2 = down_bf16(ddkv, nkv);
@@ -202,6 +203,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     char what[200], shape[120];
     const int N = B * T;
     const float routed_scale = 2.827f, alpha = 0.05f, loss_scale = 0.75f;
+    const MoeShape ms = {.B = B, .T = T, .d = d, .E = E, .K = K};
     snprintf(shape, sizeof(shape), "N=%d d=%d E=%d K=%d%s", N, d, E, K, with_ties ? " (tied experts)" : "");
     float* x = randv((size_t)N * d, 1.0f);
     float* w = randv((size_t)E * d, 1.0f / sqrtf((float)d));
@@ -216,7 +218,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     float* sc_c = xmalloc((size_t)N * E * sizeof(float));
     int* sel_c = xmalloc((size_t)N * K * sizeof(int));
     float* g_c = xmalloc((size_t)N * K * sizeof(float));
-    cpu->moe_router_forward(sc_c, sel_c, g_c, x, w, bias, N, d, E, K, routed_scale);
+    cpu->moe_router_forward(sc_c, sel_c, g_c, x, w, bias, ms, routed_scale);
     // GPU
     void* dx = up_bf16(x, (size_t)N * d);
     void* dw = up_bf16(w, (size_t)E * d);
@@ -227,7 +229,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     poison_f32(dsc, (size_t)N * E);
     poison_i32(dsel, (size_t)N * K);
     poison_f32(dg, (size_t)N * K);
-    gpu->moe_router_forward(dsc, dsel, dg, dx, dw, dbias, N, d, E, K, routed_scale);
+    gpu->moe_router_forward(dsc, dsel, dg, dx, dw, dbias, ms, routed_scale);
     float* sc_g = down_f32(dsc, (size_t)N * E);
     int* sel_g = down_i32(dsel, (size_t)N * K);
     float* g_g = down_f32(dg, (size_t)N * K);
@@ -262,9 +264,9 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     float* dsc_in = up_f32(sc_c, (size_t)N * E);
     int* dsel_in = up_i32(sel_c, (size_t)N * K);
     float aux0 = 0.37f, aux_c = aux0, aux_g;
-    cpu->moe_balance_loss(&aux_c, sc_c, sel_c, B, T, E, K, alpha);
+    cpu->moe_balance_loss(&aux_c, sc_c, sel_c, ms, alpha);
     float* daux = up_f32(&aux0, 1);
-    gpu->moe_balance_loss(daux, dsc_in, dsel_in, B, T, E, K, alpha);
+    gpu->moe_balance_loss(daux, dsc_in, dsel_in, ms, alpha);
     gpu->to_host(&aux_g, daux, sizeof(float));
     snprintf(what, sizeof(what), "moe_balance_loss B=%d T=%d E=%d K=%d: aux += (from 0.37)", B, T, E, K);
     cmpv(what, &aux_g, &aux_c, 1, 1e-6, 0);
@@ -280,20 +282,20 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
         float* z = xcalloc((size_t)E * d, sizeof(float));
         float* zx = xcalloc((size_t)N * d, sizeof(float));
         float* zs = xmalloc((size_t)N * E * sizeof(float));
-        cpu->moe_router_backward(zx, z, zs, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, bg);
+        cpu->moe_router_backward(zx, z, zs, dgates, sc_c, sel_c, x, w, ms, routed_scale, bg);
         dw0 = grad_sized_init((size_t)E * d, maxabs(z, (size_t)E * d));
         free(z); free(zx); free(zs);
     }
     float* dx_c = fdup(dx0, (size_t)N * d);
     float* dw_c = fdup(dw0, (size_t)E * d);
     float* ds_c = xmalloc((size_t)N * E * sizeof(float));
-    cpu->moe_router_backward(dx_c, dw_c, ds_c, dgates, sc_c, sel_c, x, w, B, T, d, E, K, routed_scale, bg);
+    cpu->moe_router_backward(dx_c, dw_c, ds_c, dgates, sc_c, sel_c, x, w, ms, routed_scale, bg);
     float* ddg = up_f32(dgates, (size_t)N * K);
     void* ddx = up_bf16(dx0, (size_t)N * d);
     float* ddw = up_f32(dw0, (size_t)E * d);
     float* dds = gpu->malloc((size_t)N * E * sizeof(float));
     poison_f32(dds, (size_t)N * E);
-    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, bg);
+    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, ms, routed_scale, bg);
     float* dx_g = down_bf16(ddx, (size_t)N * d);
     float* dw_g = down_f32(ddw, (size_t)E * d);
     float* ds_g = down_f32(dds, (size_t)N * E);
@@ -306,7 +308,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
     // determinism
     set_bf16(ddx, dx0, (size_t)N * d);
     gpu->to_device(ddw, dw0, (size_t)E * d * sizeof(float));
-    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, B, T, d, E, K, routed_scale, bg);
+    gpu->moe_router_backward(ddx, ddw, dds, ddg, dsc_in, dsel_in, dx, dw, ms, routed_scale, bg);
     {
         float* a2 = down_bf16(ddx, (size_t)N * d);
         float* b2 = down_f32(ddw, (size_t)E * d);
@@ -327,6 +329,7 @@ static void test_router(int B, int T, int d, int E, int K, int with_ties) {
 static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     char what[200], shape[100];
     snprintf(shape, sizeof(shape), "N=%d K=%d E=%d d=%d", N, K, E, d);
+    const MoeShape ms = {.B = 1, .T = N, .d = d, .E = E, .K = K};
     const size_t NK = (size_t)N * K;
     int* sel = random_sel(N, K, E);
     float* load0 = xmalloc(E * sizeof(float));
@@ -335,7 +338,7 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     int* row_c = xmalloc(NK * sizeof(int));
     int* tok_c = xmalloc(NK * sizeof(int));
     float* load_c = fdup(load0, E);
-    cpu->moe_dispatch(off_c, row_c, tok_c, load_c, sel, N, K, E);
+    cpu->moe_dispatch(off_c, row_c, tok_c, load_c, sel, ms);
     int empty = 0;
     for (int e = 0; e < E; e++) empty += off_c[e + 1] == off_c[e];
 
@@ -347,7 +350,7 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     poison_i32(doff, E + 1);
     poison_i32(drow, NK);
     poison_i32(dtok, NK);
-    gpu->moe_dispatch(doff, drow, dtok, dload, dsel, N, K, E);
+    gpu->moe_dispatch(doff, drow, dtok, dload, dsel, ms);
     int* off_g = down_i32(doff, E + 1);
     int* row_g = down_i32(drow, NK);
     int* tok_g = down_i32(dtok, NK);
@@ -362,7 +365,7 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     same_bits(what, load_g, load_c, E * sizeof(float));
     // again: the same plan (and load added twice)
     poison_i32(drow, NK);
-    gpu->moe_dispatch(doff, drow, dtok, dload, dsel, N, K, E);
+    gpu->moe_dispatch(doff, drow, dtok, dload, dsel, ms);
     {
         int* r2 = down_i32(drow, NK);
         int* t2 = down_i32(dtok, NK);
@@ -387,10 +390,10 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     float* gxe = randv(NK * d, 1.0f);
     float* gx0 = randv((size_t)N * d, 1.0f);
     float* gx_c = fdup(gx0, (size_t)N * d);
-    cpu->moe_gather_backward(gx_c, gxe, row_c, N, K, d);
+    cpu->moe_gather_backward(gx_c, gxe, row_c, ms);
     set_bf16(dxe, gxe, NK * d);
     void* dgx = up_bf16(gx0, (size_t)N * d);
-    gpu->moe_gather_backward(dgx, dxe, drow, N, K, d);
+    gpu->moe_gather_backward(dgx, dxe, drow, ms);
     float* gx_g = down_bf16(dgx, (size_t)N * d);
     snprintf(what, sizeof(what), "moe_gather_backward %s: dx +=", shape);
     cmpv(what, gx_g, gx_c, (size_t)N * d, BF_RTOL, BF_AFRAC);
@@ -401,11 +404,11 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     for (size_t i = 0; i < NK; i++) gates[i] = 0.05f + rng_uniform(&rng);
     float* y0 = randv((size_t)N * d, 1.0f);
     float* y_c = fdup(y0, (size_t)N * d);
-    cpu->moe_combine_forward(y_c, ye, gates, row_c, N, K, d);
+    cpu->moe_combine_forward(y_c, ye, gates, row_c, ms);
     void* dye = up_bf16(ye, NK * d);
     float* dgates = up_f32(gates, NK);
     void* dy = up_bf16(y0, (size_t)N * d);
-    gpu->moe_combine_forward(dy, dye, dgates, drow, N, K, d);
+    gpu->moe_combine_forward(dy, dye, dgates, drow, ms);
     float* y_g = down_bf16(dy, (size_t)N * d);
     snprintf(what, sizeof(what), "moe_combine_forward %s: y +=", shape);
     cmpv(what, y_g, y_c, (size_t)N * d, BF_RTOL, BF_AFRAC);
@@ -414,13 +417,13 @@ static void test_dispatch_gather_combine(int N, int K, int E, int d) {
     float* gy = randv((size_t)N * d, 1.0f);
     float* dye_c = xmalloc(NK * d * sizeof(float));
     float* dg_c = xmalloc(NK * sizeof(float));
-    cpu->moe_combine_backward(dye_c, dg_c, gy, ye, gates, row_c, N, K, d);
+    cpu->moe_combine_backward(dye_c, dg_c, gy, ye, gates, row_c, ms);
     set_bf16(dy, gy, (size_t)N * d);
     void* ddye = gpu->malloc(NK * d * 2);
     float* ddg = gpu->malloc(NK * sizeof(float));
     poison_bf16(ddye, NK * d);
     poison_f32(ddg, NK);
-    gpu->moe_combine_backward(ddye, ddg, dy, dye, dgates, drow, N, K, d);
+    gpu->moe_combine_backward(ddye, ddg, dy, dye, dgates, drow, ms);
     float* dye_g = down_bf16(ddye, NK * d);
     float* dg_g = down_f32(ddg, NK);
     snprintf(what, sizeof(what), "moe_combine_backward %s: dye", shape);
@@ -452,7 +455,7 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
     int* row = xmalloc(NK * sizeof(int));
     int* tok = xmalloc(NK * sizeof(int));
     float* load = xcalloc(E, sizeof(float));
-    cpu->moe_dispatch(off, row, tok, load, sel, N, K, E);
+    cpu->moe_dispatch(off, row, tok, load, sel, (MoeShape){.B = 1, .T = N, .d = d, .E = E, .K = K});
     float* xe = randv(nx, 1.0f);
     float* w13 = randv((size_t)E * 2 * f * d, 1.0f / sqrtf((float)d));
     float* w2 = randv((size_t)E * d * f, 1.0f / sqrtf((float)f));

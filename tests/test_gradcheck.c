@@ -450,7 +450,8 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     att_ref(rout, rlse, rmx);
     // maxlogit is a running max: head 0 starts above the true max (must stay), head 1 at -inf, others below
     for (int h = 0; h < H; h++) mxl[h] = h == 0 ? 1000.0f : h == 1 ? -INFINITY : (float)(rmx[h] - 0.5);
-    ops->attention_forward(out, lse, mxl, q, kv, a, B, T, H, nope, rope, dv, kvl);
+    MlaShape shape = {.B = B, .T = T, .H = H, .nope = nope, .rope = rope, .dv = dv, .kv_lora = kvl};
+    ops->attention_forward(out, lse, mxl, q, kv, a, shape);
     char what[200];
     snprintf(what, sizeof what, "attention_forward out (B %d T %d H %d nope %d rope %d dv %d kv_lora %d)", B, T, H, nope, rope, dv, kvl);
     cmpf(what, out, rout, no, F_RTOL, F_AFRAC);
@@ -469,7 +470,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     for (int n = 0; n < N; n++)
         for (int c = 0; c < as; c++) da[n * as + c] = c < kvl ? 5.5f + c : NAN;
     float* da0 = fdup(da, na);
-    ops->attention_backward(dq, dkv, da, R, q, kv, a, out, lse, B, T, H, nope, rope, dv, kvl);
+    ops->attention_backward(dq, dkv, da, R, q, kv, a, out, lse, shape);
     cmpf("attention_backward dq", dq, gq, nq, G_RTOL, G_AFRAC);
     cmpf("attention_backward dkv (k-nope and v)", dkv, gkv, nkv, G_RTOL, G_AFRAC);
     float* dar = fnew((size_t)N * rope);
@@ -637,7 +638,8 @@ static void test_router(void) {
     fill_nan(scores, N * E);
     fill_nan(gates, N * K);
     for (int i = 0; i < N * K; i++) sel[i] = -1;
-    ops->moe_router_forward(scores, sel, gates, x, w, bias, N, d, E, K, rs);
+    MoeShape shape = {.B = B, .T = T, .d = d, .E = E, .K = K};
+    ops->moe_router_forward(scores, sel, gates, x, w, bias, shape, rs);
     double *rsc = dnew(N * E), *rg = dnew(N * K), raux = 0;
     int* rsel = inew(N * K);
     router_ref(rsc, rsel, rg, &raux, NULL);
@@ -657,7 +659,7 @@ static void test_router(void) {
     cmpf("moe_router_forward gates = routed_scale * s[sel] / sum s[sel]", gates, rg, N * K, F_RTOL, F_AFRAC);
     // balance loss value (aux accumulates)
     float aux = 0.125f;
-    ops->moe_balance_loss(&aux, scores, sel, B, T, E, K, alpha);
+    ops->moe_balance_loss(&aux, scores, sel, shape, alpha);
     double ra = raux;  // alpha * mean_b sum_i f_i P_i, computed directly in router_ref
     check(fabs(((double)aux - 0.125) - ra) <= 1e-5 * fabs(ra),
           "moe_balance_loss: aux += %.8g, direct double %.8g, rel err %.2e (tol 1e-5)", (double)aux - 0.125, ra,
@@ -679,7 +681,7 @@ static void test_router(void) {
         fill_like(dw, E * d, gw, E * d);
         fill_nan(dsc, N * E);
         float *dx0 = fdup(dx, N * d), *dw0 = fdup(dw, E * d);
-        ops->moe_router_backward(dx, dw, dsc, dg, scores, sel, x, w, B, T, d, E, K, rs, balance_grad(B, T, E, K, a_, ls_));
+        ops->moe_router_backward(dx, dw, dsc, dg, scores, sel, x, w, shape, rs, balance_grad(B, T, E, K, a_, ls_));
         const char* mname = mode == 0 ? "gates only, alpha 0" : mode == 1 ? "balance loss only, alpha 0.3" :
                                                                    "gates + balance, alpha 0.3, loss_scale 0.6";
         char what[200];
@@ -717,7 +719,7 @@ static int test_dispatch(int N, int K, int E, int empty, int* offsets, int* row_
     float* load0 = fdup(load, E);
     for (int i = 0; i <= E; i++) offsets[i] = -7;
     for (int i = 0; i < N * K; i++) row_of[i] = token_of[i] = -7;
-    ops->moe_dispatch(offsets, row_of, token_of, load, sel, N, K, E);
+    ops->moe_dispatch(offsets, row_of, token_of, load, sel, (MoeShape){.B = 1, .T = N, .E = E, .K = K});
     // brute force: walk the experts in order, and for each the (n, k) choices in order
     int *off = inew(E + 1), *ro = inew(N * K), *to = inew(N * K);
     int pos = 0;
@@ -760,7 +762,7 @@ static void test_gather(int N, int K, int d, const int* row_of, const int* token
     fd(gather_loss, GA.x, N * d, g);
     fill_like(dx, N * d, g, N * d);
     float* dx0 = fdup(dx, N * d);
-    ops->moe_gather_backward(dx, R, row_of, N, K, d);
+    ops->moe_gather_backward(dx, R, row_of, (MoeShape){.B = 1, .T = N, .d = d, .K = K});
     cmp_acc("moe_gather_backward dx (+=, via row_of) vs FD of sum(R * x[token_of])", dx, dx0, g, N * d);
     free(x); free(xe); free(R); free(dx); free(ref); free(dx0); free(GA.x); free(GA.R); free(g);
 }
@@ -863,7 +865,8 @@ static void test_combine(int N, int K, int d, const int* row_of) {
     fill(R, N * d, 1);
     fill(y, N * d, 1);
     float* y0 = fdup(y, N * d);
-    ops->moe_combine_forward(y, ye, g, row_of, N, K, d);
+    MoeShape shape = {.B = 1, .T = N, .d = d, .K = K};  // the combine needs no E
+    ops->moe_combine_forward(y, ye, g, row_of, shape);
     CB.N = N; CB.K = K; CB.d = d; CB.row_of = row_of; CB.ye = todbl(ye, NK * d); CB.g = todbl(g, NK); CB.R = todbl(R, N * d);
     double* ry = dnew(N * d);
     combine_ref(ry);
@@ -875,7 +878,7 @@ static void test_combine(int N, int K, int d, const int* row_of) {
     fd(combine_loss, CB.g, NK, gg);
     fill_nan(dye, NK * d);
     fill_nan(dg, NK);
-    ops->moe_combine_backward(dye, dg, R, ye, g, row_of, N, K, d);
+    ops->moe_combine_backward(dye, dg, R, ye, g, row_of, shape);
     cmpf("moe_combine_backward dye (written)", dye, gye, NK * d, G_RTOL, G_AFRAC);
     cmpf("moe_combine_backward dgates (written)", dg, gg, NK, G_RTOL, G_AFRAC);
     free(ye); free(g); free(R); free(y); free(dye); free(dg); free(y0); free(CB.ye); free(CB.g); free(CB.R);

@@ -6,7 +6,7 @@
 #   2. the model does not know about ranks: model.h does not include comm.h; model.c calls no comm_* function and
 #      reads no rank count (expert parallelism is behind model/experts.c).
 #   3. each op is declared once: model/ops_list.h; no backend header spells an op's prototype by hand, and the
-#      CUDA backend has one op header.
+#      CUDA backend has one op header. The attention and routing ops take a shape struct (MlaShape, MoeShape).
 #   4. one definition each: is_expert_tensor (model/params.h), the AdamW bias correction and the router backward's
 #      balance scalars (model/ops.h, not inside a backend); balance_alpha's default only in the flag table.
 #   5. no dead comm entry points (comm_device_path, comm_built_with_mpi).
@@ -40,6 +40,11 @@ check "each op's prototype is generated from model/ops_list.h (none spelled out 
 check "the Ops struct spells no compute op by hand" none '\(\*(matmul_forward|moe_router_backward|adamw_update)\)' model/ops.h
 check "model/ops_list.h declares each op once" count_is 1 '^OP\(void, moe_router_backward,' model/ops_list.h
 check "one CUDA op header (model/cuda/ops_cuda.h gone)" test ! -e model/cuda/ops_cuda.h
+check "the attention ops take one MlaShape, not a tail of ints" count_is 2 'MlaShape shape\)\)$' model/ops_list.h
+check "the routing ops take one MoeShape (router, balance, router backward, dispatch, gather backward, combine x2)" \
+    count_is 7 'MoeShape shape' model/ops_list.h
+check "no op in model/ops_list.h takes a shape tail of ints (int B, int T / int N, int K)" \
+    none 'int B, int T|int N, int K|int nope, int rope' model/ops_list.h
 # 4
 check "is_expert_tensor defined once (model/params.h)" count_is 1 'int is_expert_tensor\(int' $SRC
 check "AdamW's bias correction computed outside the backends" \

@@ -38,7 +38,9 @@ static void attn_scores(float* S, const AttnShape* s, const float* q, const floa
 }
 
 void cpu_attention_forward(void* out_, float* lse, float* maxlogit, const void* q_, const void* kv_, const void* a_,
-                           int B, int T, int H, int nope, int rope, int dv, int kv_lora) {
+                           MlaShape shape) {
+    int B = shape.B, T = shape.T, H = shape.H, nope = shape.nope, rope = shape.rope, dv = shape.dv;
+    int kv_lora = shape.kv_lora;
     float* out = out_;
     const float *q = q_, *kv = kv_, *a = a_;
     AttnShape s = attn_shape(T, H, nope, rope, dv, kv_lora);
@@ -83,8 +85,9 @@ void cpu_attention_forward(void* out_, float* lse, float* maxlogit, const void* 
 }
 
 void cpu_attention_backward(void* dq_, void* dkv_, void* da_, const void* dout_, const void* q_, const void* kv_,
-                            const void* a_, const void* out_, const float* lse, int B, int T, int H, int nope, int rope,
-                            int dv, int kv_lora) {
+                            const void* a_, const void* out_, const float* lse, MlaShape shape) {
+    int B = shape.B, T = shape.T, H = shape.H, nope = shape.nope, rope = shape.rope, dv = shape.dv;
+    int kv_lora = shape.kv_lora;
     (void)out_;  // rowsum(dO * O) is taken from P and dP instead, which is the same number computed more directly
     float *dq = dq_, *dkv = dkv_, *da = da_;
     const float *dout = dout_, *q = q_, *kv = kv_, *a = a_;

@@ -6,7 +6,8 @@
 // router
 
 void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x, const void* w_router,
-                            const float* bias, int N, int d, int E, int K, float routed_scale) {
+                            const float* bias, MoeShape shape, float routed_scale) {
+    int N = shape.B * shape.T, d = shape.d, E = shape.E, K = shape.K;
     // logits (N,E) in fp32, then the sigmoid in place
     sgemm_rm(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
     #pragma omp parallel for
@@ -38,7 +39,8 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
 }
 
 // f_i = E/(K T) * (choices of expert i in the sequence), P_i = mean over the sequence of s_i / sum_j s_j
-void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, int B, int T, int E, int K, float alpha) {
+void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeShape shape, float alpha) {
+    int B = shape.B, T = shape.T, E = shape.E, K = shape.K;
     double total = 0.0;
     double* P = xmalloc((size_t)E * sizeof(double));
     int* count = xmalloc((size_t)E * sizeof(int));
@@ -63,8 +65,9 @@ void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, int B
 }
 
 void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
-                             const int* sel, const void* x, const void* w_router, int B, int T, int d, int E, int K,
-                             float routed_scale, BalanceGrad bg) {
+                             const int* sel, const void* x, const void* w_router, MoeShape shape, float routed_scale,
+                             BalanceGrad bg) {
+    int B = shape.B, T = shape.T, d = shape.d, E = shape.E, K = shape.K;
     int N = B * T;
     #pragma omp parallel
     {
@@ -104,7 +107,8 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
 // ----------------------------------------------------------------------------
 // dispatch: a counting sort of the N*K choices by expert, stable in (row, k) order
 
-void cpu_moe_dispatch(int* offsets, int* row_of, int* token_of, float* load, const int* sel, int N, int K, int E) {
+void cpu_moe_dispatch(int* offsets, int* row_of, int* token_of, float* load, const int* sel, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, E = shape.E;
     memset(offsets, 0, (size_t)(E + 1) * sizeof(int));
     for (size_t i = 0; i < (size_t)N * K; i++) offsets[sel[i] + 1]++;
     for (int e = 0; e < E; e++) load[e] += (float)offsets[e + 1];
@@ -127,7 +131,8 @@ void cpu_moe_gather(void* xe_, const void* x_, const int* token_of, int NK, int 
     for (int i = 0; i < NK; i++) memcpy(xe + (size_t)i * d, x + (size_t)token_of[i] * d, d * sizeof(float));
 }
 
-void cpu_moe_gather_backward(void* dx_, const void* dxe_, const int* row_of, int N, int K, int d) {
+void cpu_moe_gather_backward(void* dx_, const void* dxe_, const int* row_of, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     float* dx = dx_;
     const float* dxe = dxe_;
     #pragma omp parallel for
@@ -187,7 +192,8 @@ void cpu_moe_experts_backward(void* dxe_, float* dw13, float* dw2, void* dh13_, 
 // ----------------------------------------------------------------------------
 // combine
 
-void cpu_moe_combine_forward(void* y_, const void* ye_, const float* gates, const int* row_of, int N, int K, int d) {
+void cpu_moe_combine_forward(void* y_, const void* ye_, const float* gates, const int* row_of, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     float* y = y_;
     const float* ye = ye_;
     #pragma omp parallel for
@@ -202,7 +208,8 @@ void cpu_moe_combine_forward(void* y_, const void* ye_, const float* gates, cons
 }
 
 void cpu_moe_combine_backward(void* dye_, float* dgates, const void* dy_, const void* ye_, const float* gates,
-                              const int* row_of, int N, int K, int d) {
+                              const int* row_of, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     float* dye = dye_;
     const float *dy = dy_, *ye = ye_;
     #pragma omp parallel for

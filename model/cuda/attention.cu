@@ -544,7 +544,9 @@ static void launch_fwd(bf16* out, float* lse, float* maxlogit, const bf16* q, co
 }
 
 extern "C" void cuda_attention_forward(void* out, float* lse, float* maxlogit, const void* q, const void* kv,
-                                       const void* a, int B, int T, int H, int nope, int rope, int dv, int kv_lora) {
+                                       const void* a, MlaShape shape) {
+    int B = shape.B, T = shape.T, H = shape.H, nope = shape.nope, rope = shape.rope, dv = shape.dv;
+    int kv_lora = shape.kv_lora;
     if (B <= 0 || T <= 0 || H <= 0) return;
     AttnArgs s = attn_args(B, T, H, nope, rope, dv, kv_lora);
     att_check_shape("cuda_attention_forward", s, fwd_smem(s));
@@ -597,8 +599,9 @@ static void launch_bwd_v(const BwdPtrs& p, const AttnArgs& s, int mcv) {
 static CudaScratch att_scratch_dkr, att_scratch_D;
 
 extern "C" void cuda_attention_backward(void* dq, void* dkv, void* da, const void* dout, const void* q, const void* kv,
-                                        const void* a, const void* out, const float* lse, int B, int T, int H, int nope,
-                                        int rope, int dv, int kv_lora) {
+                                        const void* a, const void* out, const float* lse, MlaShape shape) {
+    int B = shape.B, T = shape.T, H = shape.H, nope = shape.nope, rope = shape.rope, dv = shape.dv;
+    int kv_lora = shape.kv_lora;
     if (B <= 0 || T <= 0 || H <= 0) return;
     AttnArgs s = attn_args(B, T, H, nope, rope, dv, kv_lora);
     size_t smem = dkv_smem(s) > dq_smem(s) ? dkv_smem(s) : dq_smem(s);

@@ -195,7 +195,8 @@ __global__ void router_topk_kernel(float* __restrict__ scores, int* __restrict__
 }
 
 extern "C" void cuda_moe_router_forward(float* scores, int* sel, float* gates, const void* x, const void* w_router,
-                                        const float* bias, int N, int d, int E, int K, float routed_scale) {
+                                        const float* bias, MoeShape shape, float routed_scale) {
+    int N = shape.B * shape.T, d = shape.d, E = shape.E, K = shape.K;
     if (N <= 0) return;
     if (K < 1 || K > 64 || K > E) fatal("cuda_moe_router_forward: top_k %d unsupported (1..min(64, E=%d))", K, E);
     gemm_bf16(0, 1, N, E, d, x, d, w_router, d, 0.0f, scores, CUDA_R_32F, E);
@@ -281,8 +282,8 @@ static void seq_counts(int* counts, const int* sel, int B, int T, int E, int K) 
     cudaCheckLaunch();
 }
 
-extern "C" void cuda_moe_balance_loss(float* aux, const float* scores, const int* sel, int B, int T, int E, int K,
-                                      float alpha) {
+extern "C" void cuda_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeShape shape, float alpha) {
+    int B = shape.B, T = shape.T, E = shape.E, K = shape.K;
     if (B <= 0 || T <= 0) return;
     const int N = B * T, nc = (T + BAL_CHUNK - 1) / BAL_CHUNK;
     double* rowsum = (double*)cuda_scratch(&moe_s_rowsum, (size_t)N * sizeof(double));
@@ -354,8 +355,9 @@ __global__ void split_hi_lo_kernel(bf16* __restrict__ ds2, const float* __restri
 }
 
 extern "C" void cuda_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates,
-                                         const float* scores, const int* sel, const void* x, const void* w_router, int B,
-                                         int T, int d, int E, int K, float routed_scale, BalanceGrad bg) {
+                                         const float* scores, const int* sel, const void* x, const void* w_router,
+                                         MoeShape shape, float routed_scale, BalanceGrad bg) {
+    int B = shape.B, T = shape.T, d = shape.d, E = shape.E, K = shape.K;
     if (B <= 0 || T <= 0) return;
     const int N = B * T;
     int* counts = (int*)cuda_scratch(&moe_s_counts, (size_t)B * E * sizeof(int));
@@ -470,8 +472,9 @@ __global__ void dispatch_place_kernel(int* __restrict__ row_of, int* __restrict_
 
 static CudaScratch moe_s_hist, moe_s_cnt;
 
-extern "C" void cuda_moe_dispatch(int* offsets, int* row_of, int* token_of, float* load, const int* sel, int N, int K,
-                                  int E) {
+extern "C" void cuda_moe_dispatch(int* offsets, int* row_of, int* token_of, float* load, const int* sel,
+                                  MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, E = shape.E;
     const int NK = N * K;
     const int nchunks = (NK + DISPATCH_CHUNK - 1) / DISPATCH_CHUNK;
     if ((size_t)E * sizeof(int) > 48 * 1024) fatal("cuda_moe_dispatch: n_experts %d too large", E);
@@ -533,7 +536,8 @@ __global__ void gather_bwd_kernel(bf16* __restrict__ dx, const bf16* __restrict_
     }
 }
 
-extern "C" void cuda_moe_gather_backward(void* dx, const void* dxe, const int* row_of, int N, int K, int d) {
+extern "C" void cuda_moe_gather_backward(void* dx, const void* dxe, const int* row_of, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     if (N <= 0 || d <= 0) return;
     gather_bwd_kernel<<<grid_for((size_t)N * d, 256), 256, 0, cuda_stream>>>((bf16*)dx, (const bf16*)dxe, row_of, N, K,
                                                                              d);
@@ -552,8 +556,9 @@ __global__ void combine_fwd_kernel(bf16* __restrict__ y, const bf16* __restrict_
     }
 }
 
-extern "C" void cuda_moe_combine_forward(void* y, const void* ye, const float* gates, const int* row_of, int N, int K,
-                                         int d) {
+extern "C" void cuda_moe_combine_forward(void* y, const void* ye, const float* gates, const int* row_of,
+                                         MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     if (N <= 0 || d <= 0) return;
     combine_fwd_kernel<<<grid_for((size_t)N * d, 256), 256, 0, cuda_stream>>>((bf16*)y, (const bf16*)ye, gates, row_of,
                                                                               N, K, d);
@@ -584,7 +589,8 @@ __global__ void combine_bwd_kernel(bf16* __restrict__ dye, float* __restrict__ d
 }
 
 extern "C" void cuda_moe_combine_backward(void* dye, float* dgates, const void* dy, const void* ye, const float* gates,
-                                          const int* row_of, int N, int K, int d) {
+                                          const int* row_of, MoeShape shape) {
+    int N = shape.B * shape.T, K = shape.K, d = shape.d;
     const size_t NK = (size_t)N * K;
     if (NK == 0) return;
     combine_bwd_kernel<<<ceil_div_u(NK, 8), 256, 0, cuda_stream>>>((bf16*)dye, dgates, (const bf16*)dy, (const bf16*)ye,
