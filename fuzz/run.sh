@@ -9,7 +9,7 @@
 #      Prints the executions and crashes; a crash (or leak, timeout, out-of-memory) is copied into
 #      fuzz/regressions/NAME/ (commit it with the fix: from then on step 1 replays it) and fails.
 # Every check prints a PASS/FAIL line; the last line is "N passed, N failed, N skipped". With "all", every
-# fuzz/fuzz_*.c in turn, and the last line adds them up.
+# fuzz/fuzz_*.c, FUZZ_JOBS (default: the cores) at a time, and the last line adds them up.
 #
 # The targets' own stdout/stderr (a fatal()'s "error: ..." line on each bad input) are discarded
 # (-close_fd_mask=3); libFuzzer's and the sanitizers' reports are kept. Leak detection is off: a target that
@@ -25,12 +25,24 @@ if [ -z "$name" ] || ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 
 if [ "$name" = all ]; then
+    # FUZZ_JOBS targets at a time (default: one per core; a fuzzer is one thread), each into its own log; the logs
+    # are then shown and added up in order
     . tests/suite.sh
+    jobs_max=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+    logs=$(mktemp -d /tmp/train_moe_fuzz.XXXXXX)
+    targets=()
     for src in fuzz/fuzz_*.c; do
         [ -e "$src" ] || continue
-        t=$(basename "$src" .c)
-        run "fuzz ${t#fuzz_}" bash fuzz/run.sh "${t#fuzz_}" "$seconds"
+        t=$(basename "$src" .c); t=${t#fuzz_}
+        targets+=("$t")
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
+        ( bash fuzz/run.sh "$t" "$seconds" > "$logs/$t.log" 2>&1; echo $? > "$logs/$t.rc" ) &
     done
+    wait
+    for t in "${targets[@]}"; do
+        run "fuzz $t" bash -c 'cat "$1"; exit "$(cat "$2")"' _ "$logs/$t.log" "$logs/$t.rc"
+    done
+    rm -rf "$logs"
     suite_end
     exit $?
 fi
