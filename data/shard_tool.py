@@ -82,13 +82,19 @@ def build(args):
     header[1] = 99 if args.bad_version else args.version
     header[2] = args.header_count if args.header_count is not None else len(toks)
     data = struct.pack(f"<{HEADER_INTS}i", *header) + struct.pack(f"<{len(toks)}{fmt['code']}", *toks)
+    data = save(args, data)
+    print(f"wrote {args.out}: version {args.version}, {len(toks)} tokens, {len(data)} bytes")
+
+
+def save(args, data):
+    """--truncate / --append damage, then the file; returns what was written"""
     if args.truncate:
         data = data[: max(0, len(data) - args.truncate)]
     if args.append:
         data += b"\0" * args.append
     with open(args.out, "wb") as f:
         f.write(data)
-    print(f"wrote {args.out}: version {args.version}, {len(toks)} tokens, {len(data)} bytes")
+    return data
 
 
 def tokenizer(args):
@@ -105,12 +111,7 @@ def tokenizer(args):
         for i in range(args.vocab):
             piece = b"" if i == 0 else f"t{i}".encode()
             data += bytes([lengths.get(i, len(piece))]) + piece
-    if args.truncate:
-        data = data[: max(0, len(data) - args.truncate)]
-    if args.append:
-        data += b"\0" * args.append
-    with open(args.out, "wb") as f:
-        f.write(data)
+    data = save(args, data)
     print(f"wrote {args.out}: tokenizer, {args.vocab} pieces, {len(data)} bytes")
 
 

@@ -29,17 +29,14 @@ static double numeric_field(const Flags* f, const FlagSpec* s) {
     }
 }
 
-// "adamw|muon" holds "muon" as a whole choice
+// "adamw|muon" holds "muon" as a whole choice. Written another way than train/flags.c's check on purpose (an
+// oracle that copied the code under test would agree with its bugs): "|muon|" inside "|adamw|muon|".
 static int is_choice(const char* choices, const char* v) {
-    size_t n = strlen(v);
-    for (const char* c = choices; *c;) {
-        const char* bar = strchr(c, '|');
-        size_t len = bar ? (size_t)(bar - c) : strlen(c);
-        if (len == n && !strncmp(c, v, n)) return 1;
-        if (!bar) break;
-        c = bar + 1;
-    }
-    return 0;
+    char hay[256], needle[256];
+    if (strchr(v, '|') || snprintf(hay, sizeof(hay), "|%s|", choices) >= (int)sizeof(hay) ||
+        snprintf(needle, sizeof(needle), "|%s|", v) >= (int)sizeof(needle))
+        return 0;
+    return strstr(hay, needle) != NULL;
 }
 
 // a checked set of flags obeys its table

@@ -30,6 +30,7 @@ if [ "$name" = all ]; then
     . tests/suite.sh
     jobs_max=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
     logs=$(mktemp -d /tmp/train_moe_fuzz.XXXXXX)
+    trap 'rm -rf "$logs"' EXIT
     targets=()
     for src in fuzz/fuzz_*.c; do
         [ -e "$src" ] || continue
@@ -42,7 +43,6 @@ if [ "$name" = all ]; then
     for t in "${targets[@]}"; do
         run "fuzz $t" bash -c 'cat "$1"; exit "$(cat "$2")"' _ "$logs/$t.log" "$logs/$t.rc"
     done
-    rm -rf "$logs"
     suite_end
     exit $?
 fi

@@ -125,14 +125,9 @@ disagree "" "" "$W/c" "--train-data files"   # same file name, other tokens
 cp "$W/a/data/train_0.bin" "$W/c/data/train_0.bin"; printf 'x' >> "$W/c/data/val_0.bin"
 disagree "" "" "$W/c" "--val-data files"
 cp "$W/a/data/val_0.bin" "$W/c/data/val_0.bin"
-"$PY" - "$W/a/tok.bin" "$W/c/tok.bin" <<'PY'
-import struct, sys
-for path, piece in zip(sys.argv[1:], (b"a", b"b")):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<256i", 20240328, 2, 4096, 0, *([0] * 252)))
-        for i in range(4096):
-            f.write(bytes([1]) + piece)
-PY
+# two valid tokenizers that differ only in their separator id
+"$PY" data/shard_tool.py tokenizer "$W/a/tok.bin" --vocab 4096 --separator 0 > /dev/null
+"$PY" data/shard_tool.py tokenizer "$W/c/tok.bin" --vocab 4096 --separator 1 > /dev/null
 disagree "" "" "$W/c" "--tokenizer file"
 
 # a per-rank flag may differ: the run trains
