@@ -104,6 +104,17 @@ done <<'TABLE'
 --profile
 --inject-nan 2
 --inject-spike 2
+--init-from /tmp/train_moe_hf_dir
+--export-hf /tmp/train_moe_hf_out
+--step 3
+--dtype bf16
+--max-shard-size 100000
+--eval
+--dump-logits /tmp/train_moe_logits.bin
+--generate hello
+--temperature 0.5
+--top-k 5
+--max-new-tokens 8
 --list-models
 --print-layout
 --help

@@ -42,6 +42,18 @@ typedef struct {
     int inject_nan;           // testing: step whose gradients are made NaN
     int inject_spike;         // testing: step whose targets are replaced by random tokens
     int profile;              // per-op time breakdown
+    // Hugging Face interop and looking at a model (train/hf.c, train/eval.c)
+    const char* init_from;    // start from a Hugging Face DeepSeek-V3 directory (NULL: random init / resume)
+    const char* export_hf;    // write the checkpoint of --out as a Hugging Face directory and exit
+    int step;                 // the checkpoint --export-hf, --eval and --generate read (-1: the newest)
+    const char* dtype;        // fp32 | bf16: the weights --export-hf writes
+    long long max_shard_size; // bytes per safetensors file of --export-hf
+    int eval;                 // validation loss of a checkpoint, no training
+    const char* dump_logits;  // with --eval: the first validation batch's tokens and logits go to this file
+    const char* generate;     // prompt to continue
+    float temperature;        // --generate's sampling temperature (0: greedy)
+    int top_k;                // --generate samples among the K most likely tokens (0: all)
+    int max_new_tokens;
     int list_models;
     int print_layout;         // print the model file's layout as JSON and exit
     int help;
