@@ -906,21 +906,25 @@ def parse_args(argv):
     ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
                     help=".txt files, .jsonl files, or directories of them (repeatable)")
-    ap.add_argument("--out", required=True, help="output directory (new or empty; see --overwrite)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty; see --overwrite)")
     tok = ap.add_mutually_exclusive_group()
-    tok.add_argument("--vocab-size", type=int, help=f"train a BPE tokenizer of this many tokens "
+    tok.add_argument("--vocab-size", type=int, metavar="N", help=f"train a BPE tokenizer of this many tokens "
                      f"(default {DEFAULT_VOCAB}; at least {MIN_VOCAB})")
-    tok.add_argument("--tokenizer", metavar="tokenizer.model", help="use this SentencePiece model instead of training one")
-    ap.add_argument("--val-fraction", type=float, default=0.05,
+    tok.add_argument("--tokenizer", metavar="tokenizer.model",
+                     help="use this SentencePiece model instead of training one")
+    ap.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
                     help="fraction of documents for validation, evenly spread (default 0.05; 0: no val)")
-    ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="max tokens per shard file (default 1e8)")
-    ap.add_argument("--text-field", default="text", help="the .jsonl field holding the text (default text)")
-    ap.add_argument("--jobs", type=int, default=None, help="encoding processes (default: the cores; output is the same)")
+    ap.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+                    help="max tokens per shard file (default 1e8)")
+    ap.add_argument("--text-field", default="text", metavar="NAME",
+                    help="the .jsonl field holding the text (default text)")
+    ap.add_argument("--jobs", type=int, default=None, metavar="J",
+                    help="encoding processes (default: the cores; the output is the same)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier output of this tool in --out")
     ap.add_argument("--shard-dtype", choices=("auto", "uint16", "uint32"), default="auto",
                     help="token width in the shards: auto = uint16 (version 1) when the vocab fits, else uint32 "
                          "(version 7); uint32 forces version 7")
-    ap.add_argument("--num-threads", type=int, default=DEFAULT_SPM_THREADS,
+    ap.add_argument("--num-threads", type=int, default=DEFAULT_SPM_THREADS, metavar="N",
                     help=f"SentencePiece trainer threads (default {DEFAULT_SPM_THREADS}; fixed rather than the core "
                          f"count because it is recorded in tokenizer.model)")
     ap.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")

@@ -179,6 +179,17 @@ if grep -q "^encode: 100.0%" "$W/out1.err" && ! grep -q $'\r' "$W/out1.err"; the
 else
     fail "no plain progress line on stderr: $(oneline "$W/out1.err")"
 fi
+if command -v script > /dev/null; then  # on a terminal: one line redrawn with \r (script(1) gives it one)
+    script -qec "$PY data/prepare_text.py --input $C --out $W/out_tty --vocab-size 400" /dev/null > "$W/tty.txt" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ] && grep -q $'\rencode: 100.0%' "$W/tty.txt" && grep -q $'\r\033\\[K''warning: skipping empty file' "$W/tty.txt"; then
+        pass "progress on a terminal: one line redrawn with \\r; a warning first clears it"
+    else
+        fail "progress on a terminal: exit $rc: $(head -c 300 "$W/tty.txt" | cat -v)"
+    fi
+else
+    skip "progress on a terminal: script(1) is not installed"
+fi
 meta_ok=$("$PY" - "$W/out1/meta.json" "$C" <<'EOF'
 import json, sys, hashlib
 m = json.load(open(sys.argv[1]))
