@@ -528,25 +528,31 @@ def row_errors(ref, got):
     return np.abs(ref - got).max(axis=-1) / np.maximum(np.abs(ref).max(axis=-1), 1e-30)
 
 
-def compare(model, dump_path, tol, tie_tol, max_excluded, max_flips=6):
-    """Runs the reference on the dump's tokens and compares; returns the number of failed checks.
-
-    Routing near-ties: when some rows differ and some expert choices were within tie_tol of a tie, the reference
-    also runs with the other outcome of those ties (each subset of the max_flips nearest, smallest first) and keeps
-    the variant with the fewest differing rows: an fp32 trainer that took the other expert at a true near-tie is
-    then matched exactly, with nothing left out. Rows that still differ and are tainted by a near-tie are excluded
-    and counted; more than max_excluded of the rows fails."""
-    from itertools import combinations
+def compare(model, dump_path, tol, tie_tol, max_excluded):
+    """Runs the reference on the dump's tokens and compares; returns the number of failed checks."""
     tokens, got = read_dump(dump_path)
-    c = model.cfg
+    if got.shape[-1] != model.cfg.vocab_size:
+        print(f"FAIL {dump_path}: V={got.shape[-1]} but config.json vocab_size is {model.cfg.vocab_size}")
+        return 1
+    return compare_logits(lambda flips: forward(model, tokens, flips), got, model.cfg.num_hidden_layers, tol,
+                          tie_tol, max_excluded)
+
+
+def compare_logits(run, got, n_layers, tol, tie_tol, max_excluded, max_flips=6):
+    """Compares run(flips) -> (logits (B, T, V), gaps as forward() returns them) with got (B, T, V), the trainer's;
+    prints PASS/FAIL lines and returns the number of failed checks (hf_transformers_check.py runs HF through it).
+
+    Routing near-ties: when some rows differ, all of them tainted by expert choices within tie_tol of a tie, run
+    also goes with the other outcome of those ties (each subset of the max_flips nearest, smallest first) and the
+    variant with the fewest differing rows is kept: an fp32 trainer that took the other expert at a true near-tie
+    is then matched exactly, with nothing left out. Rows that still differ and are tainted by a near-tie are
+    excluded and counted; more than max_excluded of the rows fails."""
+    from itertools import combinations
     B, T, V = got.shape
-    if V != c.vocab_size:
-        print(f"FAIL {dump_path}: V={V} but config.json vocab_size is {c.vocab_size}")
-        return 1
     if not np.all(np.isfinite(got)):
-        print(f"FAIL {dump_path}: the trainer's logits hold non-finite values")
+        print("FAIL the trainer's logits hold non-finite values")
         return 1
-    ref, gaps = forward(model, tokens)
+    ref, gaps = run(())
     err = row_errors(ref, got)
     ties = near_ties(gaps, tie_tol)
     n_rows = B * T
@@ -555,12 +561,12 @@ def compare(model, dump_path, tol, tie_tol, max_excluded, max_flips=6):
     flips = ()
     nbad = nbad0 = int((err > tol).sum())
     # a flip changes only the rows it taints: worth trying only when every differing row is tainted
-    if nbad and ties and not ((err > tol) & ~tainted_rows(gaps, tie_tol, c.num_hidden_layers)).any():
+    if nbad and ties and not ((err > tol) & ~tainted_rows(gaps, tie_tol, n_layers)).any():
         cands = [(l, b, t) for _, l, b, t in ties[:max_flips]]
         done = False
         for size in range(1, len(cands) + 1):
             for subset in combinations(cands, size):
-                r2, g2 = forward(model, tokens, subset)
+                r2, g2 = run(subset)
                 e2 = row_errors(r2, got)
                 nb2 = int((e2 > tol).sum())
                 if nb2 < nbad:
@@ -573,7 +579,7 @@ def compare(model, dump_path, tol, tie_tol, max_excluded, max_flips=6):
         if flips:
             print(f"     with the other expert at {', '.join(f'layer {l} b={b} t={t}' for l, b, t in flips)} (the "
                   f"trainer's fp32 choice at a near-tie) the differing rows go from {nbad0} to {nbad}")
-    taint = tainted_rows(gaps, tie_tol, c.num_hidden_layers)
+    taint = tainted_rows(gaps, tie_tol, n_layers)
     bad = err > tol
     excluded = bad & taint
     counted = ~excluded
@@ -594,7 +600,7 @@ def compare(model, dump_path, tol, tie_tol, max_excluded, max_flips=6):
     if excluded.any():
         print(f"{'FAIL' if frac > max_excluded else '    '} {int(excluded.sum())} rows ({100 * frac:.1f}%) differ "
               f"after a routing near-tie and are excluded (at most {100 * max_excluded:g}% may be)")
-        nfail += frac > max_excluded
+        nfail += int(frac > max_excluded)
     # the argmax agrees too (a coarse, readable summary of the same thing)
     agree = (ref.argmax(-1) == got.argmax(-1))[counted].mean()
     print(f"     argmax agrees on {100 * agree:.1f}% of the compared rows")
