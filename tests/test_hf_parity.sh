@@ -58,9 +58,9 @@ export_hf() {
     local dir=$1; shift
     trainer "$dir" --export-hf "$dir" --out "$W/run" "$@"
     if [ $RC -eq 0 ] && [ -f "$dir/config.json" ] && ls "$dir"/*.safetensors > /dev/null 2>&1; then
-        pass "--export-hf $(basename "$dir") $*: $(ls "$dir" | tr '\n' ' ')"
+        pass "--export-hf $(basename "$dir")${*:+ $*}: $(ls "$dir" | tr '\n' ' ')"
     else
-        fail "--export-hf $(basename "$dir") $*: exit $RC (a train_moe without --export-hf fails here): $(oneline "$dir.err")"
+        fail "--export-hf $(basename "$dir")${*:+ $*}: exit $RC (a train_moe without --export-hf fails here): $(oneline "$dir.err")"
         return 1
     fi
 }

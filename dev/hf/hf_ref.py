@@ -182,6 +182,8 @@ class Config:
         self.routed_scaling_factor = float(need("routed_scaling_factor", float))
         self.kv_lora_rank = need("kv_lora_rank")
         self.q_lora_rank = c.get("q_lora_rank")  # null: DeepseekV3Attention uses one q_proj instead
+        if self.q_lora_rank is not None and not (isinstance(self.q_lora_rank, int) and self.q_lora_rank > 0):
+            raise InputError(f"{where}: q_lora_rank = {self.q_lora_rank!r}, not a positive integer or null")
         self.qk_rope_head_dim = need("qk_rope_head_dim")
         self.v_head_dim = need("v_head_dim")
         self.qk_nope_head_dim = need("qk_nope_head_dim")
@@ -350,6 +352,11 @@ def apply_rope(x, cos, sin, interleave):
     return x * cos + rotate_half(x) * sin
 
 
+# DeepseekV3Attention builds q_a_layernorm and kv_a_layernorm as DeepseekV3RMSNorm(rank): the class default eps,
+# not config.rms_norm_eps (which only the decoder layers' two norms and the final norm get)
+LATENT_NORM_EPS = 1e-6
+
+
 def attention(x, w, prefix, c, cos, sin):
     """DeepseekV3Attention.forward with eager_attention_forward, no cache, no padding mask. x (B, T, d)."""
     B, T, _ = x.shape
@@ -359,7 +366,7 @@ def attention(x, w, prefix, c, cos, sin):
     if c.q_lora_rank is None:
         q = linear(x, w[prefix + "q_proj.weight"])
     else:
-        cq = rms_norm(linear(x, w[prefix + "q_a_proj.weight"]), w[prefix + "q_a_layernorm.weight"], c.rms_norm_eps)
+        cq = rms_norm(linear(x, w[prefix + "q_a_proj.weight"]), w[prefix + "q_a_layernorm.weight"], LATENT_NORM_EPS)
         q = linear(cq, w[prefix + "q_b_proj.weight"])
     q = q.reshape(B, T, H, c.qk_head_dim).transpose(0, 2, 1, 3)
     q_pass, q_rot = q[..., :nope], q[..., nope:]
@@ -367,7 +374,7 @@ def attention(x, w, prefix, c, cos, sin):
     ckv = linear(x, w[prefix + "kv_a_proj_with_mqa.weight"])
     k_pass, k_rot = ckv[..., :c.kv_lora_rank], ckv[..., c.kv_lora_rank:]
     # k_pass = kv_b_proj(kv_a_layernorm(k_pass)) view (B, T, H, nope + v_head_dim), transpose(1, 2), split
-    kv = linear(rms_norm(k_pass, w[prefix + "kv_a_layernorm.weight"], c.rms_norm_eps), w[prefix + "kv_b_proj.weight"])
+    kv = linear(rms_norm(k_pass, w[prefix + "kv_a_layernorm.weight"], LATENT_NORM_EPS), w[prefix + "kv_b_proj.weight"])
     kv = kv.reshape(B, T, H, nope + dv).transpose(0, 2, 1, 3)
     k_pass, v = kv[..., :nope], kv[..., nope:]
     # k_rot view (B, 1, T, rope): one rope key for all heads (expanded after the rotation)
