@@ -54,6 +54,10 @@ else
     failed=$((failed + 1))
 fi
 
+# ./train_moe --export-hf against an independent float64 forward of Hugging Face's DeepseekV3ForCausalLM
+# (dev/hf/hf_ref.py) on the trainer's own --eval --dump-logits; bf16 and sharded exports; controls that must fail
+run "hf export parity" bash tests/test_hf_parity.sh "$TMP/hf_parity"
+
 # the trainer end to end: resume determinism, bad input
 run "trainer cli" bash tests/test_cli.sh "$TMP/cli"
 

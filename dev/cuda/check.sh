@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # dev/cuda/check.sh: the one script a session with a lent GPU runs (device tool, 15 minutes of device time in all).
-# Builds, shows the GPU, runs the CUDA op tests, checks the trainer's first losses on the GPU against the CPU, and
-# times the trainer on the GPU; prints a short table last and writes it to dev/results/cuda_<date>.md (and, on the
+# Builds, shows the GPU, runs the CUDA op tests, checks the trainer's first losses on the GPU against the CPU, checks
+# an --export-hf directory in Hugging Face transformers (where the machine has it), and times the trainer on the
+# GPU; prints a short table last and writes it to dev/results/cuda_<date>.md (and, on the
 # device machine, to $OUT so it comes back). Every stage has a timeout and the whole script a deadline
 # (DEADLINE_S, default 450 s), so it ends in under 8 minutes; stages that no longer fit are skipped and say so.
 # Safe to rerun: make is incremental, the runs go to a fresh temporary folder, and the results file is new.
 #
 #   bash dev/cuda/check.sh                       # everything
-#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test parity trainer nano small
+#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test parity trainer hf nano small
 #
 # On the device machine (see /work/.library/device/README.md), from this repo's root here:
 #   bash dev/cuda/fetch_debs.sh     # once: OpenBLAS .debs, in case the GPU image has no OpenBLAS (no network there)
-#   run(command="bash dev/cuda/check.sh", carry=[".debs"], timeout_s=560)
+#   run(command="bash dev/cuda/check.sh", carry=[".debs", "data/default"], timeout_s=560)
+# (data/default, 6 MB, is for the hf stage's tokenizer check; without it that stage trains on a synthetic shard.)
 # then copy the returned cuda_<date>.md into dev/results/.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-450}))
-STAGES=${STAGES:-build test parity trainer nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
+STAGES=${STAGES:-build test parity trainer hf nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
 STAMP=$(date -u +%Y-%m-%d_%H%M)
 W=$(mktemp -d /tmp/train_moe_cuda.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -52,7 +54,7 @@ case "$GPU" in *PCIe*) PEAK_GFLOPS=756000 ;; esac
 
 # ---------------------------------------------------------------------------- build
 MAKEVARS=()
-if want build || want test || want parity || want trainer || want nano || want small; then
+if want build || want test || want parity || want trainer || want hf || want nano || want small; then
     # OpenBLAS for the CPU side: the system's, else the carried .debs unpacked into a private root
     if [ ! -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; then
         if ls .debs/*.deb >/dev/null 2>&1; then
@@ -195,6 +197,54 @@ if want trainer && [ $BUILD_OK = 1 ]; then
         summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/trainer_check.log" | tail -n 1)
         if [ $rc -eq 0 ]; then row "trainer cuda vs cpu, resume (k2-l1)" ok "$summary"
         else row "trainer cuda vs cpu, resume (k2-l1)" FAIL "exit $rc; ${summary:-no summary} (see trainer_check.log)"; fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------- HF export vs transformers
+# Optional, where python3 has transformers: a tiny k2-nano run on the CPU (3 steps), exported with --export-hf, is
+# loaded by transformers' AutoModelForCausalLM (float32, eager attention) and AutoTokenizer
+# (dev/hf/hf_transformers_check.py): its logits vs the trainer's --eval --dump-logits (CPU, fp32) to 1e-4 relative
+# per row, and the tokenizer vs sentencepiece on the exported tokenizer.model. Where transformers is missing: SKIP.
+if want hf && [ $BUILD_OK = 1 ]; then
+    if ! python3 -c "import transformers, torch" > /dev/null 2>&1; then
+        row "hf export vs transformers" SKIP "python3 has no transformers (or torch): not installed on this machine"
+    elif T=$(limit 40 180) && [ -z "$T" ]; then
+        row "hf export vs transformers" SKIP "no time left"
+    else
+        say "hf: a tiny run exported and loaded by transformers (timeout ${T}s)"
+        hf_end=$(( $(date +%s) + T ))
+        hf_left() { local l=$(( hf_end - $(date +%s) )); echo $(( l > 1 ? l : 1 )); }
+        if [ -f data/default/tokenizer.model ] && [ -f data/default/tokenizer.bin ] && ls data/default/val_*.bin > /dev/null 2>&1; then
+            HF_DATA=(--train-data 'data/default/train_*.bin' --val-data 'data/default/val_*.bin')
+            HF_TOK=data/default/tokenizer.bin; hf_src="data/default"
+        else
+            make_shard "$W/hf_train.bin" 40000 4096
+            HF_DATA=(--train-data "$W/hf_train.bin" --val-data "$W/hf_train.bin")
+            HF_TOK=$W/none.bin; hf_src="a synthetic shard (no data/default: no tokenizer check)"
+        fi
+        HF_SHAPE=(--batch-size 2 --seq-len 64 --device cpu --threads "$(nproc)" --tokenizer "$HF_TOK")
+        step=""
+        if ! timeout "$(hf_left)" ./train_moe --model k2-nano --steps 3 --ckpt-every 3 --val-every 0 --sample-every 0                 --out "$W/hfrun" --overwrite "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_train.log" 2>&1; then step=train
+        elif ! timeout "$(hf_left)" ./train_moe --export-hf "$W/hf" --out "$W/hfrun" --tokenizer "$HF_TOK"                 > "$LOGS/hf_export.log" 2>&1; then step=export
+        elif ! timeout "$(hf_left)" ./train_moe --eval --out "$W/hfrun" --val-batches 1 --dump-logits "$W/hf_logits.bin"                 "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_eval.log" 2>&1; then step=eval
+        fi
+        if [ -n "$step" ]; then
+            tail -n 5 "$LOGS/hf_$step.log"
+            row "hf export vs transformers" FAIL "train_moe $step failed (see hf_$step.log)"
+        else
+            timeout "$(hf_left)" python3 dev/hf/hf_transformers_check.py "$W/hf" --logits "$W/hf_logits.bin"                 > "$LOGS/hf_check.log" 2>&1
+            rc=$?
+            cat "$LOGS/hf_check.log"
+            summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/hf_check.log" | tail -n 1)
+            fails=$(grep -E '^FAIL' "$LOGS/hf_check.log" | head -n 2 | cut -c1-160 | tr '\n' ' ')
+            worst=$(grep -m1 -oE 'worst [0-9.e+-]+' "$LOGS/hf_check.log")
+            ver=$(grep -m1 -oE '^transformers [^,]+' "$LOGS/hf_check.log")
+            if [ $rc -eq 0 ] && [ -n "$summary" ]; then
+                row "hf export vs transformers" ok "$ver; k2-nano on $hf_src: $summary; logits $worst (tol 1e-4)"
+            else
+                row "hf export vs transformers" FAIL "exit $rc; ${summary:-no summary}; $fails(see hf_check.log)"
+            fi
+        fi
     fi
 fi
 
