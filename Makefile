@@ -161,7 +161,7 @@ ASAN_LDLIBS = -lm $(BLAS_LIBS)
 # the core without the CUDA backend: model/ops_select.c stands in for it (as in a CUDA=0 build)
 CPU_CORE_SRC = $(filter-out $(COMM_SRC) model/ops_select.c,$(CORE_SRC)) model/ops_select.c
 ASAN_OBJ = $(CPU_CORE_SRC:%.c=build-asan/%.o)
-ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon
+ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon build-asan/tests/spm_encode
 # a planted heap overflow and signed overflow: run_asan.sh checks that each is reported (the sanitizers are live)
 ASAN_CANARY = build-asan/tests/asan_canary
 

@@ -23,7 +23,7 @@
 if [ ! -x "$BIN" ]; then
     make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
 fi
-SPM_BIN=$ROOT/build/tests/spm_encode
+SPM_BIN=${SPM_ENCODE_BIN:-$ROOT/build/tests/spm_encode}  # make test-asan: the sanitizer build
 if [ ! -x "$SPM_BIN" ]; then
     make -s build/tests/spm_encode >"$W/make2.log" 2>&1 || { fail "build: make build/tests/spm_encode failed"; finish; }
 fi
@@ -94,6 +94,14 @@ trainer "$W/emany" "${EV[@]}" --out "$R" --val-batches 1000
 nb=$(sed -n 's/.*(\([0-9]*\) batches of.*/\1/p' "$W/emany.out")
 if [ $RC -eq 0 ] && [ "$nb" = "62" ]; then pass "--eval --val-batches 1000 on 124 windows: 62 batches of 2"
 else fail "--eval --val-batches 1000: exit $RC, '$nb' batches (want 62): $(oneline "$W/emany.out") $(oneline "$W/emany.err")"; fi
+
+# another context length than the training run's: runs (--seq-len is the context, the model is the checkpoint's)
+trainer "$W/e16" "${EV[@]}" --out "$R" --seq-len 16
+if [ $RC -eq 0 ] && grep -q "tokens 96 (3 batches of 2 x 16)" "$W/e16.out" && [ "$(eval_loss "$W/e16")" != "$got10" ]; then
+    pass "--eval --seq-len 16: $(grep '^val loss' "$W/e16.out")"
+else
+    fail "--eval --seq-len 16: exit $RC: $(oneline "$W/e16.out") $(oneline "$W/e16.err")"
+fi
 
 # --dump-logits and --generate too, then the directory must be as it was
 trainer "$W/edump" "${EV[@]}" --out "$R" --val-batches 1 --dump-logits "$W/logits.bin"
@@ -305,6 +313,7 @@ refused() {
 }
 mkdir -p "$W/empty_run"
 refused "--eval on a directory without a checkpoint" "$W/empty_run has no complete checkpoint" "${EV[@]}" --out "$W/empty_run"
+refused "--eval --step on a directory without a checkpoint" "--step 3: --out $W/empty_run has no complete checkpoint at all" "${EV[@]}" --out "$W/empty_run" --step 3
 refused "--eval on a missing directory" "--out $W/nowhere is not a run directory" "${EV[@]}" --out "$W/nowhere"
 refused "--eval --step of no checkpoint" "--step 7.*no complete checkpoint of that step" "${EV[@]}" --out "$R" --step 7
 refused "--dump-logits without --eval" "--dump-logits .*needs --eval" "${FAST[@]}" --out "$W/x" --dump-logits "$W/l.bin"

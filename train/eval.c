@@ -67,8 +67,8 @@ void eval_validation(Run* r) {
     free(tgt);
     // used >= 1: setup_data required one batch
     float loss = (float)(sum / used);  // as the trainer logs it: a float, printed with the log's 7 digits
-    printf("val loss %.7g perplexity %.7g tokens %lld (%d batches of %d x %d)\n", loss, exp((double)loss),
-           (long long)used * B * T, used, B, T);
+    printf("val loss %.7g perplexity %.7g tokens %lld (%d batch%s of %d x %d)\n", loss, exp((double)loss),
+           (long long)used * B * T, used, used == 1 ? "" : "es", B, T);
     if (f->dump_logits) printf("logits of the first batch: %s\n", f->dump_logits);
 }
 

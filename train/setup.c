@@ -318,17 +318,19 @@ void setup_read_only(Run* r) {
     } else {
         char done[1024];
         snprintf(done, sizeof(done), "%s/DONE_%08d", r->out_dir, step);
+        int newest = checkpoint_latest(r->out_dir);
+        if (access(done, F_OK) != 0 && newest < 0)
+            fatal("flag --step %d: --out %s has no complete checkpoint at all", step, r->out_dir);
         if (access(done, F_OK) != 0)
             fatal("flag --step %d: --out %s has no complete checkpoint of that step (its newest is %d)", step,
-                  r->out_dir, checkpoint_latest(r->out_dir));
+                  r->out_dir, newest);
     }
     r->resume_step = step;
     // the model is the checkpoint's, whatever --model says; --seq-len may change the context it is run on
-    int T = f->seq_len ? f->seq_len : 0;
     checkpoint_model_config(r->out_dir, step, &r->cfg);
     if (f->vocab_size && f->vocab_size != r->cfg.vocab_size)
         fatal("flag --vocab-size %d: the checkpoint's model has vocab_size %d", f->vocab_size, r->cfg.vocab_size);
-    r->T = T ? T : r->cfg.seq_len;
+    r->T = f->seq_len ? f->seq_len : r->cfg.seq_len;
     long long routed_rows = (long long)r->B * r->T * r->cfg.top_k;
     if (routed_rows > INT_MAX)
         fatal("flags --batch-size x --seq-len = %d x %d = %lld tokens per micro-batch is too many for top-%d routing",
