@@ -81,8 +81,8 @@ build/comm/comm_cuda.o: CFLAGS += -I$(CUDA_HOME)/include $(COMM_INC)
 CORE_SRC = common.c model/config.c model/params.c model/model.c model/experts.c \
            model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
-           data/dataloader.c data/tokenizer.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \
-           train/flags.c train/settings.c train/log.c train/setup.c train/loop.c train/report.c \
+           data/dataloader.c data/tokenizer.c data/spm.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \
+           train/flags.c train/settings.c train/log.c train/setup.c train/loop.c train/report.c train/eval.c \
            comm/comm.c $(COMM_SRC)
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)
@@ -92,7 +92,7 @@ LDLIBS += $(CUDA_LIBS)
 # the CUDA tests: the dense/optimizer ops, the attention/MoE ops, and the whole model vs the CPU backend
 CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/tests/test_cuda_model
 
-TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon $(CUDA_TEST_BINS)
+TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon build/tests/spm_encode $(CUDA_TEST_BINS)
 
 .PHONY: all test test-cuda test-asan asan fuzz fuzz-build data train clean
 all: train_moe
@@ -161,7 +161,7 @@ ASAN_LDLIBS = -lm $(BLAS_LIBS)
 # the core without the CUDA backend: model/ops_select.c stands in for it (as in a CUDA=0 build)
 CPU_CORE_SRC = $(filter-out $(COMM_SRC) model/ops_select.c,$(CORE_SRC)) model/ops_select.c
 ASAN_OBJ = $(CPU_CORE_SRC:%.c=build-asan/%.o)
-ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon
+ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon build-asan/tests/spm_encode
 # a planted heap overflow and signed overflow: run_asan.sh checks that each is reported (the sanitizers are live)
 ASAN_CANARY = build-asan/tests/asan_canary
 

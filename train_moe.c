@@ -2,6 +2,8 @@
 //
 //   ./train_moe --model k2-nano                       train on the default corpus (make data)
 //   ./train_moe --model k2-nano --resume              continue the run in --out from its newest checkpoint
+//   ./train_moe --eval --out RUN                      validation loss of RUN's newest checkpoint (train/eval.h)
+//   ./train_moe --generate "Call me" --out RUN        continue a prompt with it
 //   ./train_moe --help                                every flag
 //   mpirun -np 4 ./train_moe --ep 2 --optim muon      4 ranks: data parallel, experts split over pairs of ranks
 //
@@ -14,6 +16,7 @@
 #include "train/loop.h"
 #include "train/report.h"
 #include "train/log.h"
+#include "train/eval.h"
 
 static void list_models(void) {
     for (int i = 0; config_preset_names[i]; i++) {
@@ -47,6 +50,17 @@ int main(int argc, char** argv) {
     setup_config(&run, &flags, &comm);
     if (flags.print_layout) {
         checkpoint_print_layout(&run.cfg, stdout);  // (rank 0's: the others' stdout is silenced)
+        comm_finalize(&comm);
+        return 0;
+    }
+    if (flags.eval || flags.generate) {  // looking at a model (train/eval.c): reads the run, writes nothing into it
+        setup_read_only(&run);
+        setup_backend(&run);
+        setup_data(&run);
+        setup_model_read_only(&run);
+        if (flags.eval) eval_validation(&run);
+        else eval_generate(&run);
+        eval_free(&run);
         comm_finalize(&comm);
         return 0;
     }

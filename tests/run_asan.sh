@@ -21,6 +21,7 @@ trap 'rm -rf "$TMP"' EXIT
 START=$(date +%s)
 
 export TRAIN_MOE_BIN=$ROOT/build-asan/train_moe
+export SPM_ENCODE_BIN=$ROOT/build-asan/tests/spm_encode  # tests/test_eval.sh's prompt encoder filter
 REPORTS=$TMP/reports
 mkdir -p "$REPORTS"
 # halt on the first error, report to REPORTS/asan.PID (and ubsan.PID); LeakSanitizer: see leak_check below
@@ -30,7 +31,7 @@ export UBSAN_OPTIONS="log_path=$REPORTS/ubsan:print_stacktrace=1:halt_on_error=1
 # cannot see that it is called inside one: one BLAS thread keeps them from multiplying (2 x 2 threads on 2 cores)
 export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1
 
-for b in "$TRAIN_MOE_BIN" build-asan/tests/test_gradcheck build-asan/tests/test_muon build-asan/tests/test_parity \
+for b in "$TRAIN_MOE_BIN" "$SPM_ENCODE_BIN" build-asan/tests/test_gradcheck build-asan/tests/test_muon build-asan/tests/test_parity \
          build-asan/tests/asan_canary; do
     [ -x "$b" ] || { echo "FAIL $b is not built (make asan)"; echo "0 passed, 1 failed"; exit 1; }
 done
@@ -95,7 +96,7 @@ parity k2-routing-muon --config k2route --optim muon --ns polar --muon_router 0 
 # the trainer's shell tests: end to end, resume, bad input (flags, data, checkpoints, the run directory), the
 # spike lab. The list to extend: each one named
 # here must exist (a missing one is a failure, not a skip).
-SHELL_TESTS="test_cli test_spikes test_ckpt_trust test_data_trust test_run_dir"
+SHELL_TESTS="test_cli test_spikes test_ckpt_trust test_data_trust test_run_dir test_eval"
 # one clean run with leak detection: must exit 0 and leave no report
 leak_run() {
     local D=$TMP/leakrun out=$TMP/leakrun.out
@@ -106,15 +107,16 @@ leak_run() {
     local args=(--model k2-l1 --batch-size 2 --seq-len 32 --threads 2 --peak-gflops 100 --tokenizer /nonexistent
                 --train-data "$D/train_0.bin" --val-data "$D/val_0.bin" --val-every 2 --val-batches 1
                 --sample-every 3 --sample-tokens 8 --ckpt-every 2 --ckpt-keep 1 --out "$D/run")
-    local rc1 rc2
+    local rc1 rc2 rc3
     timeout 300 "$TRAIN_MOE_BIN" "${args[@]}" --steps 4 > "$out" 2>&1; rc1=$?
     timeout 300 "$TRAIN_MOE_BIN" "${args[@]}" --steps 6 --resume >> "$out" 2>&1; rc2=$?
-    if [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ]; then
-        echo "PASS leak run: 4 steps, then --resume to 6 (validation, samples, checkpoints), both exit 0"
+    timeout 300 "$TRAIN_MOE_BIN" "${args[@]}" --eval --dump-logits "$D/logits.bin" >> "$out" 2>&1; rc3=$?
+    if [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$rc3" -eq 0 ]; then
+        echo "PASS leak run: 4 steps, then --resume to 6 (validation, samples, checkpoints), then --eval; all exit 0"
         echo "1 passed, 0 failed"
     else
         tail -n 5 "$out"
-        echo "FAIL leak run: exit codes $rc1, $rc2"; echo "0 passed, 1 failed"
+        echo "FAIL leak run: exit codes $rc1, $rc2, $rc3"; echo "0 passed, 1 failed"
     fi
 }
 sanitized "trainer, leak-checked" leak_run

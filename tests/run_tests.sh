@@ -94,6 +94,10 @@ run "two hosts" bash tests/test_hosts.sh "$TMP/hosts"
 # trainer on one --out, orphan checkpoint files
 run "run directory" bash tests/test_run_dir.sh "$TMP/run_dir"
 
+# looking at a model: --eval (= the trainer's validation loss), --dump-logits, --generate, the prompt encoder vs
+# python3 sentencepiece; nothing written into the run directory
+run "eval and generate" bash tests/test_eval.sh "$TMP/eval"
+
 # every log the tests above wrote is strict JSON lines in strict UTF-8 (but the plot test's hand-made log, broken
 # on purpose)
 run "logs are strict JSON" $PY tests/check_logs.py --exclude /plots/handmade/ "$TMP"

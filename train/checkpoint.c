@@ -698,3 +698,56 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
     refuse(m, why, dir, what);
     return -1;
 }
+
+// ---- the model alone (--eval, --generate): no optimizer, no training state, nothing written
+
+static void header_to_config(const int32_t* h, ModelConfig* c) {
+    memset(c, 0, sizeof(*c));
+    int32_t v[N_HEADER_FIELDS];
+    memcpy(v, h + 3, sizeof(v));
+    c->vocab_size = v[0]; c->d_model = v[1]; c->n_layers = v[2]; c->n_dense_layers = v[3]; c->n_heads = v[4];
+    c->q_lora = v[5]; c->kv_lora = v[6]; c->qk_nope = v[7]; c->qk_rope = v[8]; c->v_head = v[9];
+    c->n_experts = v[10]; c->top_k = v[11]; c->moe_hidden = v[12]; c->dense_hidden = v[13]; c->seq_len = v[14];
+    float fl[3];
+    memcpy(fl, h + 32, sizeof(fl));
+    c->routed_scale = fl[0]; c->rope_theta = fl[1]; c->norm_eps = fl[2];
+    memcpy(c->name, h + 64, sizeof(c->name) - 1);
+    c->name[sizeof(c->name) - 1] = 0;
+}
+
+void checkpoint_model_config(const char* dir, int step, ModelConfig* cfg) {
+    char path[1024];
+    path_of(path, sizeof(path), dir, "model", step, -1);
+    FILE* f = fopen(path, "rb");
+    if (!f) fatal("checkpoint: %s: cannot open: %s", path, strerror(errno));
+    int32_t h[MODEL_HEADER_INTS];
+    size_t got = fread(h, 1, sizeof(h), f);
+    fclose(f);
+    if (got != sizeof(h)) fatal("checkpoint: %s: truncated: %zu bytes, shorter than the %zu-byte header", path, got, sizeof(h));
+    if (h[0] != MODEL_MAGIC) fatal("checkpoint: %s: not a train_moe model file (magic %d)", path, h[0]);
+    if (h[1] != 1 && h[1] != CKPT_VERSION) fatal("checkpoint: %s: version %d, this build reads 1 and %d", path, h[1], CKPT_VERSION);
+    if (h[2] != step) fatal("checkpoint: %s: the header is for step %d", path, h[2]);
+    header_to_config(h, cfg);
+    char why[256];
+    if (!isfinite(cfg->routed_scale) || !isfinite(cfg->rope_theta) || !(cfg->norm_eps >= 0) || !isfinite(cfg->norm_eps))
+        fatal("checkpoint: %s: the header's routed_scale / rope_theta / norm_eps are not finite", path);
+    if (!config_validate(cfg, why, sizeof(why))) fatal("checkpoint: %s: the header's model config: %s", path, why);
+}
+
+int checkpoint_load_model(const char* dir, int step, Model* m, char* why, size_t why_n) {
+    char path[1024];
+    path_of(path, sizeof(path), dir, "model", step, -1);
+    size_t len = 0;
+    ModelBytes mb;
+    uint8_t* buf = read_file(path, &len, why, why_n);
+    int ok = buf && parse_model_bytes(buf, len, path, &mb, why, why_n) && model_fits_run(path, &mb, step, m, why, why_n);
+    if (ok) {
+        if (mb.h[1] < 2)
+            fprintf(stderr, "warning: checkpoint: %s is version %d (an older build's) and carries no checksum; loading "
+                    "it with range checks only\n", path, mb.h[1]);
+        model_set_params(m, (const float*)mb.params);
+        m->ops->to_device(m->router_bias, mb.bias, mb.nb * sizeof(float));
+    }
+    free(buf);
+    return ok;
+}

@@ -276,6 +276,18 @@ void flags_check(Flags* f) {
     if (f->resume && f->overwrite) fatal("flags --resume and --overwrite conflict: continue a run, or replace it");
     if (f->replay && (f->resume || f->overwrite))
         fatal("flag --replay re-runs part of a run in --out; it conflicts with --resume and --overwrite");
+    // --eval and --generate read a model and train nothing (train/eval.c)
+    if (f->eval && f->generate) fatal("flags --eval and --generate conflict: one at a time");
+    if (f->dump_logits && !f->eval) fatal("flag --dump-logits writes what --eval computes; it needs --eval");
+    if (f->eval || f->generate) {
+        const char* mode = f->eval ? "--eval" : "--generate";
+        const char* other = f->resume ? "--resume" : f->overwrite ? "--overwrite" : f->replay ? "--replay"
+                          : f->export_hf ? "--export-hf" : NULL;
+        if (other) fatal("flag %s reads a model and trains or writes nothing; it conflicts with %s", mode, other);
+        if (f->init_from && f->out)
+            fatal("flag %s reads either the checkpoint of --out or --init-from's directory; both are given", mode);
+        if (f->init_from && f->step >= 0) fatal("flag --step picks a checkpoint of --out; --init-from has none");
+    }
     if (f->warmup < 0) f->warmup = f->steps / 10 < 100 ? f->steps / 10 : 100;
     if (f->warmup > f->steps) fatal("flag --warmup = %d exceeds --steps = %d", f->warmup, f->steps);
 }

@@ -87,12 +87,14 @@ void setup_backend(Run* r) {
 void setup_data(Run* r) {
     const Flags* f = r->flags;
     int world = r->comm->world;
-    dataloader_init(&r->train, f->train_data, "--train-data", r->T, r->cfg.vocab_size, 1, (uint64_t)f->seed);
-    r->have_val = f->val_data && f->val_data[0];
-    dataloader_require(&r->train, r->B, world, "--train-data");
+    int training = !f->eval && !f->generate;  // --eval reads validation shards only, --generate no shards at all
+    if (training) dataloader_init(&r->train, f->train_data, "--train-data", r->T, r->cfg.vocab_size, 1, (uint64_t)f->seed);
+    r->have_val = f->val_data && f->val_data[0] && !f->generate;
+    if (f->eval && !r->have_val) fatal("flag --eval needs validation shards, and --val-data is empty");
+    if (training) dataloader_require(&r->train, r->B, world, "--train-data");
     if (r->have_val) {
         dataloader_init(&r->val, f->val_data, "--val-data", r->T, r->cfg.vocab_size, 0, 0);
-        if (f->val_every) dataloader_require(&r->val, r->B, world, "--val-data");
+        if (f->val_every || f->eval) dataloader_require(&r->val, r->B, world, "--val-data");
     }
     tokenizer_init(&r->tok, f->tokenizer);
     if (r->tok.loaded && r->tok.vocab_size > r->cfg.vocab_size)
@@ -286,4 +288,81 @@ void run_free(Run* r) {
     dataloader_free(&r->train);
     if (r->have_val) dataloader_free(&r->val);
     tokenizer_free(&r->tok);
+}
+
+// ----------------------------------------------------------------------------
+// --eval and --generate: a run's checkpoint (or --init-from's weights) read, never written
+
+void setup_read_only(Run* r) {
+    const Flags* f = r->flags;
+    const char* mode = f->eval ? "--eval" : "--generate";
+    // One process: these modes read the whole model into one rank and print one answer. Under mpirun each rank
+    // would repeat the same work and print it again, and --ep would split the experts over ranks that never
+    // exchange tokens here.
+    if (r->comm->world > 1)
+        fatal("flag %s runs in one process; it was started as %d ranks (run it without mpirun)", mode, r->comm->world);
+    r->resume_step = -1;
+    r->replay_from = r->replay_to = -1;
+    r->end_step = 0;
+    if (f->init_from) return;  // the config is --init-from's (setup_config), the weights too (setup_model)
+    if (f->out) snprintf(r->out_dir, sizeof(r->out_dir), "%s", f->out);
+    else snprintf(r->out_dir, sizeof(r->out_dir), "runs/%s", r->cfg.name);
+    struct stat st;
+    if (stat(r->out_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        fatal("flag %s: --out %s is not a run directory (%s)", mode, r->out_dir,
+              stat(r->out_dir, &st) != 0 ? strerror(errno) : "not a directory");
+    int step = f->step;
+    if (step < 0) {
+        step = checkpoint_latest(r->out_dir);
+        if (step < 0) fatal("flag %s: --out %s has no complete checkpoint (no DONE_* marker)", mode, r->out_dir);
+    } else {
+        char done[1024];
+        snprintf(done, sizeof(done), "%s/DONE_%08d", r->out_dir, step);
+        int newest = checkpoint_latest(r->out_dir);
+        if (access(done, F_OK) != 0 && newest < 0)
+            fatal("flag --step %d: --out %s has no complete checkpoint at all", step, r->out_dir);
+        if (access(done, F_OK) != 0)
+            fatal("flag --step %d: --out %s has no complete checkpoint of that step (its newest is %d)", step,
+                  r->out_dir, newest);
+    }
+    r->resume_step = step;
+    // the model is the checkpoint's, whatever --model says; --seq-len may change the context it is run on
+    checkpoint_model_config(r->out_dir, step, &r->cfg);
+    if (f->vocab_size && f->vocab_size != r->cfg.vocab_size)
+        fatal("flag --vocab-size %d: the checkpoint's model has vocab_size %d", f->vocab_size, r->cfg.vocab_size);
+    r->T = f->seq_len ? f->seq_len : r->cfg.seq_len;
+    long long routed_rows = (long long)r->B * r->T * r->cfg.top_k;
+    if (routed_rows > INT_MAX)
+        fatal("flags --batch-size x --seq-len = %d x %d = %lld tokens per micro-batch is too many for top-%d routing",
+              r->B, r->T, (long long)r->B * r->T, r->cfg.top_k);
+}
+
+// The checkpoint's model file, picked again if a trainer running on the directory pruned it meanwhile (without
+// --step: the newest is wanted, whichever it now is).
+static void load_checkpoint_model(Run* r) {
+    char why[1536];
+    for (int attempt = 0;; attempt++) {
+        if (checkpoint_load_model(r->out_dir, r->resume_step, &r->model, why, sizeof(why))) return;
+        char done[1024];
+        snprintf(done, sizeof(done), "%s/DONE_%08d", r->out_dir, r->resume_step);
+        int newest = checkpoint_latest(r->out_dir);
+        if (r->flags->step >= 0 || access(done, F_OK) == 0 || newest < 0 || attempt == 3)
+            fatal("checkpoint: %s; refusing to read it", why);
+        ModelConfig c;
+        checkpoint_model_config(r->out_dir, newest, &c);
+        if (memcmp(&c, &r->cfg, sizeof(c)) != 0) fatal("checkpoint: %s; and the newer step %d is of another model", why, newest);
+        r->resume_step = newest;
+    }
+}
+
+void setup_model_read_only(Run* r) {
+    const Flags* f = r->flags;
+    if (f->init_from) {
+        setup_model(r);  // --init-from's weights, as a run starting from them would load them
+        return;
+    }
+    model_init(&r->model, &r->cfg, r->ops, r->comm, NULL, (uint64_t)f->seed);
+    r->model.balance_alpha = f->balance_alpha;
+    load_checkpoint_model(r);
+    r->st.step = r->resume_step;
 }

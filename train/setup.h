@@ -20,3 +20,11 @@ void setup_run_dir(Run* r);
 // Activations, the learning-rate schedule, the MFU denominator.
 void setup_step(Run* r);
 void run_free(Run* r);
+
+// --eval and --generate (train/eval.c), in place of setup_start .. setup_step: nothing in the run directory is
+// created, locked, pruned or written, so a read-only run, or one another trainer is writing, can be read.
+// After setup_config: the checkpoint of --out (--step, else the newest complete one) and the model config from its
+// header (--init-from: setup_config's); one process only.
+void setup_read_only(Run* r);
+// After setup_backend and setup_data: the model with that checkpoint's weights (--init-from: setup_model's).
+void setup_model_read_only(Run* r);
