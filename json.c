@@ -326,6 +326,7 @@ static int check_duplicates(Parser* p, const Collect* c) {
 static int finish_container(Parser* p, JsonValue* v, Collect* c, int is_object) {
     if (is_object && !check_duplicates(p, c)) return 0;
     v->n = c->n;
+    if (!c->n) return 1;  // an empty container: no items (and no memcpy from the NULL of an unused Collect)
     v->items = palloc(p, (size_t)c->n * sizeof(JsonValue));
     if (!v->items) return 0;
     memcpy(v->items, c->items, (size_t)c->n * sizeof(JsonValue));

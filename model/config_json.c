@@ -95,7 +95,10 @@ static void show(const JsonValue* v, char* out, size_t n) {
     case JSON_BOOL: snprintf(out, n, "%s", v->boolean ? "true" : "false"); break;
     case JSON_NUMBER:
         if (v->is_int) snprintf(out, n, "%lld", (long long)v->integer);
-        else snprintf(out, n, "%.9g", v->number);
+        else {
+            snprintf(out, n, "%.17g", v->number);
+            if (!strpbrk(out, ".eEn")) strncat(out, ".0", n - strlen(out) - 1);  // 4096.0 is not the integer 4096
+        }
         break;
     case JSON_STRING: snprintf(out, n, "\"%.60s\"", v->str); break;
     case JSON_ARRAY: snprintf(out, n, "an array"); break;

@@ -20,6 +20,7 @@
 . "$(dirname "$0")/lib.sh" hf "$@"
 
 TOOL=("$PY" tests/hf_tool.py)
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")  # absolute: the ranks of section 6 run in other folders
 if [ ! -f data/default/train_000.bin ] || [ ! -f data/default/val_000.bin ] || [ ! -f data/default/tokenizer.model ]; then
     skip "every check: data/default is missing (make data)"
     finish

@@ -204,9 +204,11 @@ static int check_target(const char* dir, int overwrite) {
             fatal("flag --export-hf %s exists and is not empty; pass --overwrite to replace an earlier export", dir);
         }
         if (!export_file_name(e->d_name)) {
+            char name[512];
+            snprintf(name, sizeof(name), "%s", e->d_name);  // (the entry goes with closedir)
             closedir(d);
             fatal("flag --export-hf %s: --overwrite replaces an earlier export only, and %s/%s is not a file an export "
-                  "writes", dir, dir, e->d_name);
+                  "writes", dir, dir, name);
         }
     }
     closedir(d);
