@@ -4,6 +4,8 @@
 //   ./train_moe --model k2-nano --resume              continue the run in --out from its newest checkpoint
 //   ./train_moe --eval --out RUN                      validation loss of RUN's newest checkpoint (train/eval.h)
 //   ./train_moe --generate "Call me" --out RUN        continue a prompt with it
+//   ./train_moe --export-hf DIR --out RUN            the run's newest checkpoint as a Hugging Face directory
+//   ./train_moe --init-from DIR                       train starting from a Hugging Face DeepSeek-V3 directory
 //   ./train_moe --help                                every flag
 //   mpirun -np 4 ./train_moe --ep 2 --optim muon      4 ranks: data parallel, experts split over pairs of ranks
 //
@@ -17,6 +19,7 @@
 #include "train/report.h"
 #include "train/log.h"
 #include "train/eval.h"
+#include "train/hf.h"
 
 static void list_models(void) {
     for (int i = 0; config_preset_names[i]; i++) {
@@ -24,6 +27,8 @@ static void list_models(void) {
         config_from_preset(&c, config_preset_names[i]);
         config_print(&c, stdout);
     }
+    printf("--model also takes a path to a DeepSeek-V3 config.json (a Hugging Face DeepseekV3ForCausalLM config, e.g. "
+           "one --export-hf wrote) or to the folder that holds it\n");
 }
 
 int main(int argc, char** argv) {
@@ -44,6 +49,11 @@ int main(int argc, char** argv) {
         return 0;
     }
     flags_check(&flags);
+    if (flags.export_hf) {  // a checkpoint of --out as a Hugging Face directory, then exit (train/hf.c)
+        hf_export(&flags, &comm);
+        comm_finalize(&comm);
+        return 0;
+    }
 
     // --- set up (every input is checked before anything is written)
     static Run run;

@@ -96,7 +96,7 @@ parity k2-routing-muon --config k2route --optim muon --ns polar --muon_router 0 
 # the trainer's shell tests: end to end, resume, bad input (flags, data, checkpoints, the run directory), the
 # spike lab. The list to extend: each one named
 # here must exist (a missing one is a failure, not a skip).
-SHELL_TESTS="test_cli test_spikes test_ckpt_trust test_data_trust test_run_dir test_eval"
+SHELL_TESTS="test_cli test_spikes test_ckpt_trust test_data_trust test_run_dir test_eval test_hf"
 # one clean run with leak detection: must exit 0 and leave no report
 leak_run() {
     local D=$TMP/leakrun out=$TMP/leakrun.out

@@ -90,6 +90,10 @@ run "checkpoint trust" bash tests/test_ckpt_trust.sh "$TMP/ckpt_trust"
 # link ends every rank within 60 s; resume continues bit-identically (SKIP without root / ip netns)
 run "two hosts" bash tests/test_hosts.sh "$TMP/hosts"
 
+# Hugging Face export and import: the safetensors files against the model file, the round trip, bf16, shards,
+# config.json models, every kind of bad input, ranks that disagree on the --init-from folder
+run "hugging face" bash tests/test_hf.sh "$TMP/hf"
+
 # the run directory and its log: a failed log write, a full disk, non-UTF-8 samples, a long --out, a second
 # trainer on one --out, orphan checkpoint files
 run "run directory" bash tests/test_run_dir.sh "$TMP/run_dir"

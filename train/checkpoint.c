@@ -552,6 +552,59 @@ int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why
     return bad(why, why_n, "bytes", "neither a train_moe model nor a state file (%zu bytes, magic %d)", bytes, magic);
 }
 
+// ---- a model file on its own (--export-hf)
+
+// The inverse of config_to_header.
+static void header_to_config(const int32_t* h, ModelConfig* c) {
+    memset(c, 0, sizeof(*c));
+    int32_t v[15];
+    memcpy(v, h + 3, sizeof(v));
+    c->vocab_size = v[0]; c->d_model = v[1]; c->n_layers = v[2]; c->n_dense_layers = v[3]; c->n_heads = v[4];
+    c->q_lora = v[5]; c->kv_lora = v[6]; c->qk_nope = v[7]; c->qk_rope = v[8]; c->v_head = v[9];
+    c->n_experts = v[10]; c->top_k = v[11]; c->moe_hidden = v[12]; c->dense_hidden = v[13]; c->seq_len = v[14];
+    float fl[3];
+    memcpy(fl, h + 32, sizeof(fl));
+    c->routed_scale = fl[0]; c->rope_theta = fl[1]; c->norm_eps = fl[2];
+    memcpy(c->name, h + 64, sizeof(c->name));
+    c->name[sizeof(c->name) - 1] = 0;
+}
+
+void checkpoint_read_model(const char* dir, int step, CheckpointModel* out) {
+    memset(out, 0, sizeof(*out));
+    if (step < 0) {
+        step = checkpoint_latest(dir);
+        if (step < 0) fatal("checkpoint: no complete checkpoint (DONE marker) in %s", dir);
+    }
+    char path[1024], why[1536];
+    path_of(path, sizeof(path), dir, "DONE", step, -1);
+    if (access(path, F_OK) != 0) fatal("checkpoint: %s has no complete checkpoint of step %d (no %s)", dir, step, path);
+    path_of(path, sizeof(path), dir, "model", step, -1);
+    size_t len = 0;
+    uint8_t* buf = read_file(path, &len, why, sizeof(why));
+    ModelBytes mb;
+    if (!buf || !parse_model_bytes(buf, len, path, &mb, why, sizeof(why))) fatal("checkpoint: %s", why);
+    if (mb.h[2] != step) fatal("checkpoint: %s: the header is for step %d", path, mb.h[2]);
+    header_to_config(mb.h, &out->cfg);
+    char msg[256];
+    if (!config_validate(&out->cfg, msg, sizeof(msg))) fatal("checkpoint: %s: the header's model config: %s", path, msg);
+    ParamTensor layout[NUM_PARAM_TENSORS];
+    size_t n = param_layout(&out->cfg, out->cfg.n_experts, layout);
+    if (mb.n != n || mb.nb != (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts)
+        fatal("checkpoint: %s holds %zu parameters + %zu router-bias entries, its header's config has %zu + %zu", path,
+              mb.n, mb.nb, n, (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts);
+    out->step = step;
+    out->n = mb.n;
+    out->nb = mb.nb;
+    out->params = (const float*)mb.params;  // 4-byte aligned: the header's size into a malloc'd buffer
+    out->bias = (const float*)mb.bias;
+    out->buf = buf;
+}
+
+void checkpoint_model_free(CheckpointModel* cm) {
+    free(cm->buf);
+    memset(cm, 0, sizeof(*cm));
+}
+
 // ---- checks against the running job
 
 // The run's layout must match, or the continuation would not be the same run.

@@ -80,6 +80,21 @@ void checkpoint_model_config(const char* dir, int step, ModelConfig* cfg);
 // check of the model file (checksum, structure, finite values, the config) passes first: 1, or 0 with
 // "PATH: why" in why.
 int checkpoint_load_model(const char* dir, int step, Model* m, char* why, size_t why_n);
+// A model file read on its own, without a Model or a run (--export-hf): the config and step of its header, the whole
+// model's parameters (global layout, param_layout(&cfg, cfg.n_experts)) and the router bias.
+typedef struct {
+    ModelConfig cfg;     // ints, the 3 floats and the name, as the header stores them
+    int step;
+    size_t n, nb;        // parameters, router-bias entries
+    const float* params; // (n)  inside buf
+    const float* bias;   // (nb) inside buf
+    void* buf;           // the file's bytes
+} CheckpointModel;
+// Reads model file `step` of dir (-1: the newest complete checkpoint; either way its DONE marker must exist) and
+// runs every check a load would (checksum, sizes, finite values) plus the header's config (config_validate) and its
+// parameter count against that config. Fatal, naming the file, on any failure.
+void checkpoint_read_model(const char* dir, int step, CheckpointModel* out);
+void checkpoint_model_free(CheckpointModel* cm);
 // Checks a model or state file's bytes on their own (no Model, no run: the checks above that need neither) and
 // returns 1 if they pass, else 0 with "what: why" in why. Safe on any input: the entry point for fuzzing.
 int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why_n);

@@ -18,7 +18,8 @@
 const FlagSpec flag_specs[] = {
     // name             type     field               default                        lo  hi  choices  attrs  help
     {"--model", F_STR, FIELD(model), "k2-nano", 0, 0, NULL, 0,
-     "preset: k2-nano, k2-l1..k2-l5, k2-small, k2-g1..k2-g5 (--list-models shows them)"},
+     "preset (k2-nano, k2-l1..k2-l5, k2-small, k2-g1..k2-g5; --list-models shows them), or a path to a DeepSeek-V3 "
+     "config.json or the folder holding it"},
     {"--device", F_STR, FIELD(device), "auto", 0, 0, "auto|cpu|cuda", 0,
      "auto | cpu | cuda (auto: a visible GPU, else the CPU)"},
     {"--train-data", F_STR, FIELD(train_data), "data/default/train_*.bin", 0, 0, NULL, 0,

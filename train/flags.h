@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 typedef struct {
-    const char* model;        // preset name
+    const char* model;        // preset name, or a DeepSeek-V3 config.json path (model/config_json.c)
     const char* device;       // auto | cpu | cuda
     const char* train_data;   // glob of training shards
     const char* val_data;     // glob of validation shards ("" = none)

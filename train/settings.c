@@ -55,8 +55,18 @@ static void describe_files(const char* pattern, int whole_file, char* out, size_
     globfree(&g);
 }
 
+// "DIR/TAIL" as a glob pattern that matches DIR literally (its *, ?, [ and \\ escaped)
+static void glob_pattern_in(char* out, size_t n, const char* dir, const char* tail) {
+    size_t k = 0;
+    for (const char* p = dir ? dir : ""; *p && k + 3 < n; p++) {
+        if (strchr("*?[]\\", *p)) out[k++] = '\\';
+        out[k++] = *p;
+    }
+    snprintf(out + k, n - k, "/%s", tail);
+}
+
 static int build_record(const Flags* f, SettingItem** items_out) {
-    SettingItem* items = xcalloc((size_t)num_flags + 3, sizeof(SettingItem));
+    SettingItem* items = xcalloc((size_t)num_flags + 6, sizeof(SettingItem));
     int n = 0;
     for (int i = 0; i < num_flags; i++) {
         const FlagSpec* s = &flag_specs[i];
@@ -71,6 +81,25 @@ static int build_record(const Flags* f, SettingItem** items_out) {
     describe_files(f->val_data, 0, items[n++].value, sizeof(items[0].value));
     snprintf(items[n].name, sizeof(items[n].name), "--tokenizer file");
     describe_files(f->tokenizer, 1, items[n++].value, sizeof(items[0].value));
+    // --model as a config.json path (or an HF folder's): the same path must hold the same config (a preset name
+    // matches no file on any rank)
+    char pattern[2048];
+    struct stat ms;
+    const char* model = f->model ? f->model : "";
+    int model_dir = stat(model, &ms) == 0 && S_ISDIR(ms.st_mode);
+    if (model_dir) glob_pattern_in(pattern, sizeof(pattern), model, "config.json");
+    else glob_pattern_in(pattern, sizeof(pattern), model, "");
+    if (!model_dir) pattern[strlen(pattern) - 1] = 0;  // the path itself, without the "/" glob_pattern_in adds
+    snprintf(items[n].name, sizeof(items[n].name), "--model file");
+    describe_files(pattern, 1, items[n++].value, sizeof(items[0].value));
+    // --init-from DIR: the same path on every rank must hold the same model (config.json and the index whole, the
+    // safetensors sampled as the shards are)
+    snprintf(items[n].name, sizeof(items[n].name), "--init-from json files");
+    glob_pattern_in(pattern, sizeof(pattern), f->init_from, "*.json");
+    describe_files(f->init_from ? pattern : NULL, 1, items[n++].value, sizeof(items[0].value));
+    snprintf(items[n].name, sizeof(items[n].name), "--init-from safetensors");
+    glob_pattern_in(pattern, sizeof(pattern), f->init_from, "*.safetensors");
+    describe_files(f->init_from ? pattern : NULL, 0, items[n++].value, sizeof(items[0].value));
     *items_out = items;
     return n;
 }

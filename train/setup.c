@@ -1,6 +1,8 @@
 // train/setup.c: see setup.h.
 #include "setup.h"
 #include "log.h"
+#include "hf.h"
+#include "../model/config_json.h"
 #include <errno.h>
 #include <limits.h>
 #include <dirent.h>
@@ -16,22 +18,45 @@
 // micro-batches per optimizer step: far beyond any sensible accumulation, well inside an int
 #define MAX_GRAD_ACCUM 1000000
 
+// --model given on the command line, or its default from the flag table: flags_init stores the table's own default
+// string, which no command-line value can be (those point into argv)
+static int model_flag_given(const Flags* f) {
+    const FlagSpec* s = flag_find("--model");
+    return !s || f->model != s->def;
+}
+
 void setup_config(Run* r, const Flags* f, Comm* comm) {
     memset(r, 0, sizeof(*r));
     r->flags = f;
     r->comm = comm;
     ModelConfig* cfg = &r->cfg;
-    if (!config_from_preset(cfg, f->model)) {
-        char names[256] = "";
-        for (int i = 0; config_preset_names[i]; i++) {
-            strcat(names, i ? ", " : "");
-            strcat(names, config_preset_names[i]);
+    char why[1536];
+    if (f->init_from) {
+        // the model is the one DIR/config.json describes; an explicit --model must describe the same one
+        if (f->resume)
+            fatal("flags --init-from and --resume conflict: --init-from starts a run at step 0 from a Hugging Face "
+                  "directory, --resume continues one from its checkpoint");
+        ModelConfig from_dir;
+        hf_read_config(f->init_from, &from_dir);
+        if (model_flag_given(f)) {
+            if (!config_from_model_arg(cfg, f->model, why, sizeof(why))) fatal("%s", why);
+            // every field but the training context (max_position_embeddings), which no weight depends on: --model's
+            // (or --seq-len's) is used
+            from_dir.seq_len = cfg->seq_len;
+            if (!config_equal(cfg, &from_dir, why, sizeof(why)))
+                fatal("flag --model %s and --init-from %s/config.json describe different models (%s)", f->model,
+                      f->init_from, why);
+        } else {
+            *cfg = from_dir;
         }
-        fatal("flag --model: no preset '%s' (choose from %s)", f->model, names);
+        if (f->vocab_size && f->vocab_size != cfg->vocab_size)
+            fatal("flag --vocab-size %d differs from the vocab_size %d of --init-from %s (the weights fix it)",
+                  f->vocab_size, cfg->vocab_size, f->init_from);
+    } else if (!config_from_model_arg(cfg, f->model, why, sizeof(why))) {
+        fatal("%s", why);
     }
     if (f->seq_len) cfg->seq_len = f->seq_len;
     if (f->vocab_size) cfg->vocab_size = f->vocab_size;
-    char why[256];
     if (!config_validate(cfg, why, sizeof(why))) fatal("model %s: %s", cfg->name, why);
     comm_set_ep(comm, f->ep, cfg->n_experts);
     int B = f->batch_size, T = cfg->seq_len, world = comm->world;
@@ -195,7 +220,24 @@ void setup_start(Run* r) {
 void setup_model(Run* r) {
     const Flags* f = r->flags;
     int rank = r->comm->rank;
-    model_init(&r->model, &r->cfg, r->ops, r->comm, NULL, (uint64_t)f->seed);
+    // the initial weights: drawn from --seed, or (a fresh run with --init-from) the whole model read from the Hugging
+    // Face directory on every rank, which model_init splits as it does a checkpoint's
+    float* init_params = NULL;
+    float* init_bias = NULL;
+    size_t n_bias = (size_t)cfg_n_moe(&r->cfg) * r->cfg.n_experts;
+    if (f->init_from && r->resume_step < 0) {
+        ParamTensor layout[NUM_PARAM_TENSORS];
+        init_params = xmalloc(param_layout(&r->cfg, r->cfg.n_experts, layout) * sizeof(float));
+        init_bias = xmalloc((n_bias ? n_bias : 1) * sizeof(float));
+        hf_load_weights(f->init_from, &r->cfg, init_params, init_bias);
+    }
+    model_init(&r->model, &r->cfg, r->ops, r->comm, init_params, (uint64_t)f->seed);
+    if (init_params) {
+        r->ops->to_device(r->model.router_bias, init_bias, n_bias * sizeof(float));
+        printf("initial weights and router bias from --init-from %s (step 0, fresh optimizer state)\n", f->init_from);
+        free(init_params);
+        free(init_bias);
+    }
     r->model.balance_alpha = f->balance_alpha;
     r->model.profile = f->profile;
     OptimConfig ocfg = {.kind = !strcmp(f->optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, .b1 = f->beta1,
