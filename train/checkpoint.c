@@ -557,7 +557,7 @@ int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why
 // The inverse of config_to_header.
 static void header_to_config(const int32_t* h, ModelConfig* c) {
     memset(c, 0, sizeof(*c));
-    int32_t v[15];
+    int32_t v[N_HEADER_FIELDS];
     memcpy(v, h + 3, sizeof(v));
     c->vocab_size = v[0]; c->d_model = v[1]; c->n_layers = v[2]; c->n_dense_layers = v[3]; c->n_heads = v[4];
     c->q_lora = v[5]; c->kv_lora = v[6]; c->qk_nope = v[7]; c->qk_rope = v[8]; c->v_head = v[9];
@@ -753,20 +753,6 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
 }
 
 // ---- the model alone (--eval, --generate): no optimizer, no training state, nothing written
-
-static void header_to_config(const int32_t* h, ModelConfig* c) {
-    memset(c, 0, sizeof(*c));
-    int32_t v[N_HEADER_FIELDS];
-    memcpy(v, h + 3, sizeof(v));
-    c->vocab_size = v[0]; c->d_model = v[1]; c->n_layers = v[2]; c->n_dense_layers = v[3]; c->n_heads = v[4];
-    c->q_lora = v[5]; c->kv_lora = v[6]; c->qk_nope = v[7]; c->qk_rope = v[8]; c->v_head = v[9];
-    c->n_experts = v[10]; c->top_k = v[11]; c->moe_hidden = v[12]; c->dense_hidden = v[13]; c->seq_len = v[14];
-    float fl[3];
-    memcpy(fl, h + 32, sizeof(fl));
-    c->routed_scale = fl[0]; c->rope_theta = fl[1]; c->norm_eps = fl[2];
-    memcpy(c->name, h + 64, sizeof(c->name) - 1);
-    c->name[sizeof(c->name) - 1] = 0;
-}
 
 void checkpoint_model_config(const char* dir, int step, ModelConfig* cfg) {
     char path[1024];
