@@ -5,7 +5,7 @@
     spm_compare.py train --out DIR --corpus-or-synthetic DIR...   (the variant models the test also checks)
     spm_compare.py unused --model IN --out OUT                    (IN with some pieces marked UNUSED)
     spm_compare.py tokenizer --out DIR [--corpus DIR]...          (tokenizer.model + tokenizer.bin as
-                                                                   data/prepare.py makes them, small vocab)
+                                                                   data/prepare_text.py makes them, small vocab)
 
 compare: the texts are N lines of the corpus .txt files (without a corpus: of synthetic documents) (every file's lines in turn, so both corpora are in),
 20 whole documents (newlines, long inputs), random slices of the documents (cut anywhere, also inside a
@@ -119,21 +119,20 @@ def training_lines(dirs):
 
 
 def tokenizer(args):
-    """A pair like data/prepare.py's (its settings and its tokenizer.bin writer), with a small vocabulary."""
+    """A pair made the way data/prepare_text.py makes one (its trainer options and tokenizer.bin writer), with a
+    small vocabulary."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
-    import prepare
+    import prepare_text
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "tokenizer.model")
     with open(path, "wb") as f:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(training_lines(args.corpus)), model_writer=f, model_type="bpe",
-            vocab_size=args.vocab_size, character_coverage=1.0, byte_fallback=True,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-            split_digits=True, input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, unk_id=0,
-            bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+            sentence_iterator=iter(training_lines(args.corpus)), model_writer=f, vocab_size=args.vocab_size,
+            input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, minloglevel=2, **prepare_text.TRAINER_OPTIONS)
     sp = spm.SentencePieceProcessor(model_file=path)
-    table = [prepare.piece_bytes(sp, i) for i in range(sp.GetPieceSize())]
-    prepare.write_tokenizer_bin(os.path.join(args.out, "tokenizer.bin"), table, sp.bos_id())
+    table = prepare_text.tokenizer_table(sp)
+    prepare_text.write_tokenizer_bin(os.path.join(args.out, "tokenizer.bin"), table, sp.bos_id())
     print(f"{args.out}: tokenizer.model and tokenizer.bin, {len(table)} pieces")
     return 0
 
