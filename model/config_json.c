@@ -205,6 +205,15 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
     const JsonValue* drop = json_get(root, "attention_dropout");
     if (drop && !(drop->type == JSON_NUMBER && drop->number == 0.0))
         return bad(why, n, src, "field 'attention_dropout' must be 0 (this trainer has no dropout)");
+    // transformers' DeepseekV3Attention builds q_a_layernorm and kv_a_layernorm as DeepseekV3RMSNorm(rank), whose eps
+    // is its default 1e-6 whatever rms_norm_eps says; this model uses one epsilon for every norm, so any other value
+    // would make the two models differ in those two norms
+    if (c->norm_eps != 1e-6f) {
+        char got[96];
+        show(json_get(root, "rms_norm_eps"), got, sizeof(got));
+        return bad(why, n, src, "field 'rms_norm_eps' = %s: only 1e-6 is supported (transformers' DeepSeek-V3 code uses "
+                   "1e-6 in q_a_layernorm and kv_a_layernorm whatever this field says; this model has one epsilon)", got);
+    }
     char msg[256];
     if (!config_validate(c, msg, sizeof(msg))) {
         // config_validate names our fields ("qk_rope = 7 must be even ..."): name the config.json field it starts with
