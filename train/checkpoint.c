@@ -569,35 +569,47 @@ static void header_to_config(const int32_t* h, ModelConfig* c) {
     c->name[sizeof(c->name) - 1] = 0;
 }
 
-void checkpoint_read_model(const char* dir, int step, CheckpointModel* out) {
+int checkpoint_read_model(const char* dir, int step, CheckpointModel* out, char* why, size_t why_n) {
     memset(out, 0, sizeof(*out));
     if (step < 0) {
         step = checkpoint_latest(dir);
-        if (step < 0) fatal("checkpoint: no complete checkpoint (DONE marker) in %s", dir);
+        if (step < 0) { snprintf(why, why_n, "%s: no complete checkpoint (no DONE_* marker)", dir); return 0; }
     }
-    char path[1024], why[1536];
+    char path[1024];
     path_of(path, sizeof(path), dir, "DONE", step, -1);
-    if (access(path, F_OK) != 0) fatal("checkpoint: %s has no complete checkpoint of step %d (no %s)", dir, step, path);
+    if (access(path, F_OK) != 0) {
+        snprintf(why, why_n, "%s: no complete checkpoint of step %d (no %s)", dir, step, path);
+        return 0;
+    }
     path_of(path, sizeof(path), dir, "model", step, -1);
     size_t len = 0;
-    uint8_t* buf = read_file(path, &len, why, sizeof(why));
+    uint8_t* buf = read_file(path, &len, why, why_n);
     ModelBytes mb;
-    if (!buf || !parse_model_bytes(buf, len, path, &mb, why, sizeof(why))) fatal("checkpoint: %s", why);
-    if (mb.h[2] != step) fatal("checkpoint: %s: the header is for step %d", path, mb.h[2]);
+    if (!buf || !parse_model_bytes(buf, len, path, &mb, why, why_n)) { free(buf); return 0; }
+    out->buf = buf;
+    if (mb.h[2] != step) { checkpoint_model_free(out); return bad(why, why_n, path, "the header is for step %d", mb.h[2]); }
     header_to_config(mb.h, &out->cfg);
     char msg[256];
-    if (!config_validate(&out->cfg, msg, sizeof(msg))) fatal("checkpoint: %s: the header's model config: %s", path, msg);
+    if (!config_validate(&out->cfg, msg, sizeof(msg))) {
+        checkpoint_model_free(out);
+        return bad(why, why_n, path, "the header's model config: %s", msg);
+    }
     ParamTensor layout[NUM_PARAM_TENSORS];
-    size_t n = param_layout(&out->cfg, out->cfg.n_experts, layout);
-    if (mb.n != n || mb.nb != (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts)
-        fatal("checkpoint: %s holds %zu parameters + %zu router-bias entries, its header's config has %zu + %zu", path,
-              mb.n, mb.nb, n, (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts);
+    size_t n = param_layout(&out->cfg, out->cfg.n_experts, layout), nb = (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts;
+    if (mb.n != n || mb.nb != nb) {
+        checkpoint_model_free(out);
+        return bad(why, why_n, path, "%zu parameters + %zu router-bias entries, its header's config has %zu + %zu", mb.n,
+                   mb.nb, n, nb);
+    }
+    if (mb.h[1] < 2)
+        fprintf(stderr, "warning: checkpoint: %s is version %d (an older build's) and carries no checksum; loading it "
+                "with range checks only\n", path, mb.h[1]);
     out->step = step;
     out->n = mb.n;
     out->nb = mb.nb;
     out->params = (const float*)mb.params;  // 4-byte aligned: the header's size into a malloc'd buffer
     out->bias = (const float*)mb.bias;
-    out->buf = buf;
+    return 1;
 }
 
 void checkpoint_model_free(CheckpointModel* cm) {
@@ -750,43 +762,4 @@ int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st,
              "resume", n);
     refuse(m, why, dir, what);
     return -1;
-}
-
-// ---- the model alone (--eval, --generate): no optimizer, no training state, nothing written
-
-void checkpoint_model_config(const char* dir, int step, ModelConfig* cfg) {
-    char path[1024];
-    path_of(path, sizeof(path), dir, "model", step, -1);
-    FILE* f = fopen(path, "rb");
-    if (!f) fatal("checkpoint: %s: cannot open: %s", path, strerror(errno));
-    int32_t h[MODEL_HEADER_INTS];
-    size_t got = fread(h, 1, sizeof(h), f);
-    fclose(f);
-    if (got != sizeof(h)) fatal("checkpoint: %s: truncated: %zu bytes, shorter than the %zu-byte header", path, got, sizeof(h));
-    if (h[0] != MODEL_MAGIC) fatal("checkpoint: %s: not a train_moe model file (magic %d)", path, h[0]);
-    if (h[1] != 1 && h[1] != CKPT_VERSION) fatal("checkpoint: %s: version %d, this build reads 1 and %d", path, h[1], CKPT_VERSION);
-    if (h[2] != step) fatal("checkpoint: %s: the header is for step %d", path, h[2]);
-    header_to_config(h, cfg);
-    char why[256];
-    if (!isfinite(cfg->routed_scale) || !isfinite(cfg->rope_theta) || !(cfg->norm_eps >= 0) || !isfinite(cfg->norm_eps))
-        fatal("checkpoint: %s: the header's routed_scale / rope_theta / norm_eps are not finite", path);
-    if (!config_validate(cfg, why, sizeof(why))) fatal("checkpoint: %s: the header's model config: %s", path, why);
-}
-
-int checkpoint_load_model(const char* dir, int step, Model* m, char* why, size_t why_n) {
-    char path[1024];
-    path_of(path, sizeof(path), dir, "model", step, -1);
-    size_t len = 0;
-    ModelBytes mb;
-    uint8_t* buf = read_file(path, &len, why, why_n);
-    int ok = buf && parse_model_bytes(buf, len, path, &mb, why, why_n) && model_fits_run(path, &mb, step, m, why, why_n);
-    if (ok) {
-        if (mb.h[1] < 2)
-            fprintf(stderr, "warning: checkpoint: %s is version %d (an older build's) and carries no checksum; loading "
-                    "it with range checks only\n", path, mb.h[1]);
-        model_set_params(m, (const float*)mb.params);
-        m->ops->to_device(m->router_bias, mb.bias, mb.nb * sizeof(float));
-    }
-    free(buf);
-    return ok;
 }

@@ -71,17 +71,9 @@ void checkpoint_load(const char* dir, int step, Model* m, Optimizer* opt, TrainS
 // warns "warning: checkpoint: FILE: CHECK; falling back to step S" and tries the next older complete one; fatal
 // when none is left (or there is none, or the newest is past --steps).
 int checkpoint_resume(const char* dir, Model* m, Optimizer* opt, TrainState* st, int rank, const CheckpointLimits* lim);
-// --eval and --generate: the model config checkpoint `step` in dir was written for, from its model file's header
-// (the rest of the file is checked when the weights are loaded); fatal, naming the file, if the header is not a
-// train_moe model header for that step with a valid config.
-void checkpoint_model_config(const char* dir, int step, ModelConfig* cfg);
-// The weights and router bias of checkpoint `step` into m (built from the config above) and nothing else: no
-// optimizer or training state is read, nothing is written, so a run another trainer holds can be read. Every
-// check of the model file (checksum, structure, finite values, the config) passes first: 1, or 0 with
-// "PATH: why" in why.
-int checkpoint_load_model(const char* dir, int step, Model* m, char* why, size_t why_n);
-// A model file read on its own, without a Model or a run (--export-hf): the config and step of its header, the whole
-// model's parameters (global layout, param_layout(&cfg, cfg.n_experts)) and the router bias.
+// A model file read on its own, without a Model or a run (--export-hf, --eval, --generate): the config and step of
+// its header, the whole model's parameters (global layout, param_layout(&cfg, cfg.n_experts)) and the router bias.
+// Reading takes no lock and writes nothing, so a directory a running trainer holds can be read.
 typedef struct {
     ModelConfig cfg;     // ints, the 3 floats and the name, as the header stores them
     int step;
@@ -92,8 +84,8 @@ typedef struct {
 } CheckpointModel;
 // Reads model file `step` of dir (-1: the newest complete checkpoint; either way its DONE marker must exist) and
 // runs every check a load would (checksum, sizes, finite values) plus the header's config (config_validate) and its
-// parameter count against that config. Fatal, naming the file, on any failure.
-void checkpoint_read_model(const char* dir, int step, CheckpointModel* out);
+// parameter count against that config: 1, or 0 with "PATH: why" in why (out holds nothing to free).
+int checkpoint_read_model(const char* dir, int step, CheckpointModel* out, char* why, size_t why_n);
 void checkpoint_model_free(CheckpointModel* cm);
 // Checks a model or state file's bytes on their own (no Model, no run: the checks above that need neither) and
 // returns 1 if they pass, else 0 with "what: why" in why. Safe on any input: the entry point for fuzzing.

@@ -263,7 +263,8 @@ void hf_export(const Flags* f, Comm* comm) {
     int bf16 = !strcmp(f->dtype, "bf16");
 
     CheckpointModel cm;
-    checkpoint_read_model(f->out, f->step, &cm);
+    char why[1536];
+    if (!checkpoint_read_model(f->out, f->step, &cm, why, sizeof(why))) fatal("flag --export-hf: checkpoint: %s", why);
     const ModelConfig* c = &cm.cfg;
     int existing = check_target(dir, f->overwrite);
 

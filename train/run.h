@@ -26,6 +26,7 @@ typedef struct {
     int replay_from, replay_to;  // --replay: steps replay_from+1 .. replay_to (else -1)
     int end_step;              // the loop runs steps st.step .. end_step-1 (0-based)
     Model model;
+    CheckpointModel read_model; // --eval / --generate: the checkpoint's model file, from setup_read_only to setup_model_read_only
     Optimizer opt;
     TrainState st;
     LRSchedule sched;

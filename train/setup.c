@@ -367,9 +367,19 @@ void setup_read_only(Run* r) {
             fatal("flag --step %d: --out %s has no complete checkpoint of that step (its newest is %d)", step,
                   r->out_dir, newest);
     }
+    // The model is the checkpoint's, whatever --model says. Without --step the newest is wanted: if a trainer running
+    // on the directory pruned the one picked meanwhile, the newest is picked again.
+    char why[1536];
+    for (int attempt = 0; !checkpoint_read_model(r->out_dir, step, &r->read_model, why, sizeof(why)); attempt++) {
+        char done[1024];
+        snprintf(done, sizeof(done), "%s/DONE_%08d", r->out_dir, step);
+        int newest = checkpoint_latest(r->out_dir);
+        if (f->step >= 0 || access(done, F_OK) == 0 || newest < 0 || attempt == 3)
+            fatal("checkpoint: %s; refusing to read it", why);
+        step = newest;
+    }
     r->resume_step = step;
-    // the model is the checkpoint's, whatever --model says; --seq-len may change the context it is run on
-    checkpoint_model_config(r->out_dir, step, &r->cfg);
+    r->cfg = r->read_model.cfg;  // --seq-len may change the context it is run on (r->T)
     if (f->vocab_size && f->vocab_size != r->cfg.vocab_size)
         fatal("flag --vocab-size %d: the checkpoint's model has vocab_size %d", f->vocab_size, r->cfg.vocab_size);
     r->T = f->seq_len ? f->seq_len : r->cfg.seq_len;
@@ -379,32 +389,16 @@ void setup_read_only(Run* r) {
               r->B, r->T, (long long)r->B * r->T, r->cfg.top_k);
 }
 
-// The checkpoint's model file, picked again if a trainer running on the directory pruned it meanwhile (without
-// --step: the newest is wanted, whichever it now is).
-static void load_checkpoint_model(Run* r) {
-    char why[1536];
-    for (int attempt = 0;; attempt++) {
-        if (checkpoint_load_model(r->out_dir, r->resume_step, &r->model, why, sizeof(why))) return;
-        char done[1024];
-        snprintf(done, sizeof(done), "%s/DONE_%08d", r->out_dir, r->resume_step);
-        int newest = checkpoint_latest(r->out_dir);
-        if (r->flags->step >= 0 || access(done, F_OK) == 0 || newest < 0 || attempt == 3)
-            fatal("checkpoint: %s; refusing to read it", why);
-        ModelConfig c;
-        checkpoint_model_config(r->out_dir, newest, &c);
-        if (memcmp(&c, &r->cfg, sizeof(c)) != 0) fatal("checkpoint: %s; and the newer step %d is of another model", why, newest);
-        r->resume_step = newest;
-    }
-}
-
 void setup_model_read_only(Run* r) {
     const Flags* f = r->flags;
     if (f->init_from) {
         setup_model(r);  // --init-from's weights, as a run starting from them would load them
         return;
     }
-    model_init(&r->model, &r->cfg, r->ops, r->comm, NULL, (uint64_t)f->seed);
+    CheckpointModel* cm = &r->read_model;
+    model_init(&r->model, &r->cfg, r->ops, r->comm, cm->params, (uint64_t)f->seed);
     r->model.balance_alpha = f->balance_alpha;
-    load_checkpoint_model(r);
+    r->ops->to_device(r->model.router_bias, cm->bias, cm->nb * sizeof(float));
+    checkpoint_model_free(cm);
     r->st.step = r->resume_step;
 }
