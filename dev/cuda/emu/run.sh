@@ -39,7 +39,7 @@ g++ -std=c++20 $SAN -g -fpermissive -I$PWD/include -I$R -w -DCOMM_CUDA -c comm_c
 CU_OBJ+=($B/r_emu_runtime.o $B/r_comm_cuda.o)
 # the CPU side, one process (no MPI; device buffers through comm_cuda.c's host-staged path, as a build without
 # NCCL): built here so the build/ flags do not matter
-C_SRC="common.c model/config.c model/params.c model/model.c model/experts.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
+C_SRC="common.c json.c model/config.c model/config_json.c model/params.c model/model.c model/experts.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
        model/cpu/moe.c model/cpu/optim.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c comm/comm.c"
 C_OBJ=()
 for f in $C_SRC; do
