@@ -122,15 +122,16 @@ fi
 rm -rf "$cut511" 2>/dev/null
 
 # a second trainer on a busy --out
-# (started directly, so $! is the trainer itself, the process kill -9 must hit; a watchdog stands in for timeout)
-"$BIN" "${RUN[@]}" --steps 400 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" > "$W/busy.out" 2> "$W/busy.err" < /dev/null &
+# (started directly, so $! is the trainer itself, the process kill -9 must hit; a watchdog stands in for timeout;
+# --steps far beyond what it reaches, so it is still running, however fast the machine, when the second one starts)
+"$BIN" "${RUN[@]}" --steps 100000 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" > "$W/busy.out" 2> "$W/busy.err" < /dev/null &
 first=$!
 ( sleep 300; kill -9 $first 2>/dev/null ) > /dev/null 2>&1 &
 watchdog=$!
 for _ in $(seq 1 200); do [ -f "$W/busy/DONE_00000002" ] && break; sleep 0.1; done
 for mode in --resume --overwrite; do
     t0=$(date +%s)
-    trainer "$W/second" "${RUN[@]}" --steps 400 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" $mode
+    trainer "$W/second" "${RUN[@]}" --steps 100000 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" $mode
     if [ $RC -eq 1 ] && grep -q "^error: --out $W/busy is in use by another trainer (pid [0-9]* holds $W/busy/train_moe.lock)" "$W/second.err" && kill -0 $first 2>/dev/null; then
         pass "second trainer with $mode on a busy --out: refused after $(( $(date +%s) - t0 ))s, the first runs on: $(cut -c1-150 "$W/second.err")"
     else
@@ -141,7 +142,7 @@ kill -9 $first 2>/dev/null; wait $first 2>/dev/null; kill $watchdog 2>/dev/null
 if [ -f "$W/busy/log.jsonl" ] && [ -n "$(ls "$W/busy" | grep '^DONE_')" ]; then pass "the first trainer's run survived the refused --overwrite"
 else fail "the first trainer's run was damaged: $(ls "$W/busy" | tr '\n' ' ')"; fi
 # the kernel drops a killed process's lock: a --resume starts (stopped once it has resumed)
-timeout 120 "$BIN" "${RUN[@]}" --steps 400 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" --resume > "$W/busy_resume.out" 2> "$W/busy_resume.err" < /dev/null &
+timeout 120 "$BIN" "${RUN[@]}" --steps 100000 --ckpt-every 1 --ckpt-keep 2 --out "$W/busy" --resume > "$W/busy_resume.out" 2> "$W/busy_resume.err" < /dev/null &
 again=$!
 for _ in $(seq 1 300); do grep -q "resumed from step" "$W/busy_resume.out" && break; kill -0 $again 2>/dev/null || break; sleep 0.1; done
 if grep -q "resumed from step" "$W/busy_resume.out"; then pass "after a kill -9 of the lock holder, --resume runs: $(grep -m1 "resumed from" "$W/busy_resume.out")"
