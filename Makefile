@@ -83,7 +83,7 @@ CORE_SRC = common.c json.c model/config.c model/config_json.c model/params.c mod
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c data/spm.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \
            train/flags.c train/settings.c train/log.c train/setup.c train/loop.c train/report.c train/eval.c \
-           train/safetensors.c train/hf.c \
+           train/safetensors.c train/hf.c train/atomic_file.c \
            comm/comm.c $(COMM_SRC)
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)

@@ -26,6 +26,16 @@ void fatal(const char* fmt, ...) {
     exit(1);  // the hook should not return; make sure we never do
 }
 
+int fail_why(char* why, size_t why_n, const char* where, const char* fmt, ...) {
+    int k = snprintf(why, why_n, "%s: ", where);
+    if (k < 0 || (size_t)k >= why_n) return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + k, why_n - (size_t)k, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
 static uint64_t splitmix64(uint64_t* x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;

@@ -14,6 +14,9 @@ extern void (*fatal_exit_hook)(int code);
 extern char fatal_prefix[32];  // "[rank 3] " in multi-process runs
 
 __attribute__((noreturn, format(printf, 1, 2))) void fatal(const char* fmt, ...);
+// The readers of untrusted files (checkpoints, safetensors, config.json) report a problem instead of dying on it:
+// writes "WHERE: message" into why and returns 0, so a check can end with `return fail_why(...)`.
+__attribute__((format(printf, 4, 5))) int fail_why(char* why, size_t why_n, const char* where, const char* fmt, ...);
 
 static inline void* xmalloc_impl(size_t bytes, const char* file, int line) {
     void* p = malloc(bytes ? bytes : 1);

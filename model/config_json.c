@@ -78,16 +78,6 @@ static const FixedField fixed_fields[] = {
 };
 #define N_FIXED_FIELDS (int)(sizeof(fixed_fields) / sizeof(fixed_fields[0]))
 
-static int bad(char* why, size_t n, const char* src, const char* fmt, ...) {
-    int k = snprintf(why, n, "%s: ", src);
-    if (k < 0 || (size_t)k >= n) return 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + k, n - (size_t)k, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
 // a JSON value in a few characters, for messages
 static void show(const JsonValue* v, char* out, size_t n) {
     switch (v->type) {
@@ -109,7 +99,7 @@ static void show(const JsonValue* v, char* out, size_t n) {
 static int check_fixed(const JsonValue* root, const FixedField* f, const char* src, char* why, size_t n) {
     const JsonValue* v = json_get(root, f->key);
     if (!v) {
-        if (f->absent) return bad(why, n, src, "field '%s' is missing (%s; this trainer implements only %s = %d)", f->key,
+        if (f->absent) return fail_why(why, n, src, "field '%s' is missing (%s; this trainer implements only %s = %d)", f->key,
                                   f->absent, f->key, f->value);
         return 1;
     }
@@ -118,13 +108,13 @@ static int check_fixed(const JsonValue* root, const FixedField* f, const char* s
     static const JsonType want_type[] = {[FIX_INT] = JSON_NUMBER, [FIX_BOOL] = JSON_BOOL, [FIX_STRING] = JSON_STRING,
                                          [FIX_NULL] = JSON_NULL};
     if (f->kind == FIX_ABSENT)
-        return bad(why, n, src, "field '%s' is present, which asks for %s: not supported", f->key, f->what);
+        return fail_why(why, n, src, "field '%s' is present, which asks for %s: not supported", f->key, f->what);
     if (f->kind == FIX_NULL) {
         if (v->type == JSON_NULL) return 1;
-        return bad(why, n, src, "field '%s' is %s, which asks for %s: not supported (only null)", f->key, got, f->what);
+        return fail_why(why, n, src, "field '%s' is %s, which asks for %s: not supported (only null)", f->key, got, f->what);
     }
     if (v->type != want_type[f->kind] || (f->kind == FIX_INT && !v->is_int))
-        return bad(why, n, src, "field '%s' must be %s, got %s", f->key,
+        return fail_why(why, n, src, "field '%s' must be %s, got %s", f->key,
                    f->kind == FIX_INT ? "an integer" : json_type_name(want_type[f->kind]), got);
     int same = f->kind == FIX_INT ? v->integer == f->value
              : f->kind == FIX_BOOL ? v->boolean == f->value
@@ -134,7 +124,7 @@ static int check_fixed(const JsonValue* root, const FixedField* f, const char* s
     if (f->kind == FIX_STRING) snprintf(want, sizeof(want), "\"%s\"", f->str);
     else if (f->kind == FIX_BOOL) snprintf(want, sizeof(want), "%s", f->value ? "true" : "false");
     else snprintf(want, sizeof(want), "%d", f->value);
-    return bad(why, n, src, "field '%s' is %s, which asks for %s: not supported (this trainer implements only %s)",
+    return fail_why(why, n, src, "field '%s' is %s, which asks for %s: not supported (this trainer implements only %s)",
                f->key, got, f->what, want);
 }
 
@@ -145,24 +135,24 @@ static int read_rope_theta(const JsonValue* root, float* theta, const char* src,
     const JsonValue* rp = json_get(root, "rope_parameters");
     const JsonValue* inner = NULL;
     if (rp && rp->type != JSON_NULL) {
-        if (rp->type != JSON_OBJECT) return bad(why, n, src, "field 'rope_parameters' must be an object or null, got %s", json_type_name(rp->type));
+        if (rp->type != JSON_OBJECT) return fail_why(why, n, src, "field 'rope_parameters' must be an object or null, got %s", json_type_name(rp->type));
         const JsonValue* type = json_get(rp, "rope_type");
         if (type && (type->type != JSON_STRING || strcmp(type->str, "default")))
-            return bad(why, n, src, "field 'rope_parameters.rope_type' is not \"default\": RoPE scaling is not supported");
+            return fail_why(why, n, src, "field 'rope_parameters.rope_type' is not \"default\": RoPE scaling is not supported");
         inner = json_get(rp, "rope_theta");
         if (inner && inner->type != JSON_NUMBER)
-            return bad(why, n, src, "field 'rope_parameters.rope_theta' must be a number, got %s", json_type_name(inner->type));
+            return fail_why(why, n, src, "field 'rope_parameters.rope_theta' must be a number, got %s", json_type_name(inner->type));
     }
-    if (top && top->type != JSON_NUMBER) return bad(why, n, src, "field 'rope_theta' must be a number, got %s", json_type_name(top->type));
-    if (!top && !inner) return bad(why, n, src, "field 'rope_theta' is missing (nor is it in rope_parameters)");
+    if (top && top->type != JSON_NUMBER) return fail_why(why, n, src, "field 'rope_theta' must be a number, got %s", json_type_name(top->type));
+    if (!top && !inner) return fail_why(why, n, src, "field 'rope_theta' is missing (nor is it in rope_parameters)");
     if (top && inner && top->number_f != inner->number_f)
-        return bad(why, n, src, "fields 'rope_theta' (%g) and 'rope_parameters.rope_theta' (%g) disagree", top->number, inner->number);
+        return fail_why(why, n, src, "fields 'rope_theta' (%g) and 'rope_parameters.rope_theta' (%g) disagree", top->number, inner->number);
     *theta = (top ? top : inner)->number_f;
     return 1;
 }
 
 static int read_config(ModelConfig* c, const JsonValue* root, const char* src, char* why, size_t n) {
-    if (root->type != JSON_OBJECT) return bad(why, n, src, "the file holds %s, not a JSON object", json_type_name(root->type));
+    if (root->type != JSON_OBJECT) return fail_why(why, n, src, "the file holds %s, not a JSON object", json_type_name(root->type));
     memset(c, 0, sizeof(*c));
     for (int i = 0; i < N_NUM_FIELDS; i++) {
         const NumField* f = &num_fields[i];
@@ -171,22 +161,22 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
             continue;
         }
         const JsonValue* v = json_get(root, f->key);
-        if (!v) return bad(why, n, src, "field '%s' is missing", f->key);
+        if (!v) return fail_why(why, n, src, "field '%s' is missing", f->key);
         char got[96];
         show(v, got, sizeof(got));
         if (!strcmp(f->key, "q_lora_rank") && v->type == JSON_NULL)
-            return bad(why, n, src, "field 'q_lora_rank' is null: attention without a query latent (q_proj) is not "
+            return fail_why(why, n, src, "field 'q_lora_rank' is null: attention without a query latent (q_proj) is not "
                        "supported");
         if (f->is_float) {
-            if (v->type != JSON_NUMBER) return bad(why, n, src, "field '%s' must be a number, got %s", f->key, got);
+            if (v->type != JSON_NUMBER) return fail_why(why, n, src, "field '%s' must be a number, got %s", f->key, got);
             if (!isfinite(v->number_f) || !(v->number_f > 0))
-                return bad(why, n, src, "field '%s' = %s must be a positive float", f->key, got);
+                return fail_why(why, n, src, "field '%s' = %s must be a positive float", f->key, got);
             *float_at(c, f) = v->number_f;
         } else {
             if (v->type != JSON_NUMBER || !v->is_int)
-                return bad(why, n, src, "field '%s' must be an integer, got %s", f->key, got);
+                return fail_why(why, n, src, "field '%s' must be an integer, got %s", f->key, got);
             if (v->integer < 0 || v->integer > 0x7fffffff)
-                return bad(why, n, src, "field '%s' = %s is outside [0, 2^31)", f->key, got);
+                return fail_why(why, n, src, "field '%s' = %s is outside [0, 2^31)", f->key, got);
             *int_at(c, f) = (int)v->integer;
         }
     }
@@ -196,22 +186,22 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
     const JsonValue* kvh = json_get(root, "num_key_value_heads");
     if (kvh && kvh->type != JSON_NULL) {
         if (kvh->type != JSON_NUMBER || !kvh->is_int)
-            return bad(why, n, src, "field 'num_key_value_heads' must be an integer, got %s", json_type_name(kvh->type));
+            return fail_why(why, n, src, "field 'num_key_value_heads' must be an integer, got %s", json_type_name(kvh->type));
         if (kvh->integer != c->n_heads)
-            return bad(why, n, src, "field 'num_key_value_heads' = %lld must equal num_attention_heads = %d (grouped-query "
+            return fail_why(why, n, src, "field 'num_key_value_heads' = %lld must equal num_attention_heads = %d (grouped-query "
                        "attention is not supported)", (long long)kvh->integer, c->n_heads);
     }
     // dropout would make the HF model's training differ from ours; inference ignores it, but say it rather than drop it
     const JsonValue* drop = json_get(root, "attention_dropout");
     if (drop && !(drop->type == JSON_NUMBER && drop->number == 0.0))
-        return bad(why, n, src, "field 'attention_dropout' must be 0 (this trainer has no dropout)");
+        return fail_why(why, n, src, "field 'attention_dropout' must be 0 (this trainer has no dropout)");
     // transformers' DeepseekV3Attention builds q_a_layernorm and kv_a_layernorm as DeepseekV3RMSNorm(rank), whose eps
     // is its default 1e-6 whatever rms_norm_eps says; this model uses one epsilon for every norm, so any other value
     // would make the two models differ in those two norms
     if (c->norm_eps != 1e-6f) {
         char got[96];
         show(json_get(root, "rms_norm_eps"), got, sizeof(got));
-        return bad(why, n, src, "field 'rms_norm_eps' = %s: only 1e-6 is supported (transformers' DeepSeek-V3 code uses "
+        return fail_why(why, n, src, "field 'rms_norm_eps' = %s: only 1e-6 is supported (transformers' DeepSeek-V3 code uses "
                    "1e-6 in q_a_layernorm and kv_a_layernorm whatever this field says; this model has one epsilon)", got);
     }
     char msg[256];
@@ -220,9 +210,9 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
         for (int i = 0; i < N_NUM_FIELDS; i++) {
             size_t k = strlen(num_fields[i].ours);
             if (!strncmp(msg, num_fields[i].ours, k) && (msg[k] == ' ' || msg[k] == ','))
-                return bad(why, n, src, "field '%s': unsupported value: %s", num_fields[i].key, msg);
+                return fail_why(why, n, src, "field '%s': unsupported value: %s", num_fields[i].key, msg);
         }
-        return bad(why, n, src, "unsupported config: %s", msg);
+        return fail_why(why, n, src, "unsupported config: %s", msg);
     }
     return 1;
 }
@@ -230,7 +220,7 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
 int config_from_json_text(ModelConfig* c, const char* text, size_t len, const char* src, char* why, size_t why_n) {
     JsonDoc doc;
     char msg[512];
-    if (!json_parse(&doc, text, len, JSON_MAX_DEPTH, msg, sizeof(msg))) return bad(why, why_n, src, "%s", msg);
+    if (!json_parse(&doc, text, len, JSON_MAX_DEPTH, msg, sizeof(msg))) return fail_why(why, why_n, src, "%s", msg);
     int ok = read_config(c, doc.root, src, why, why_n);
     json_free(&doc);
     return ok;
@@ -240,19 +230,19 @@ int config_from_json_text(ModelConfig* c, const char* text, size_t len, const ch
 
 int config_from_json_file(ModelConfig* c, const char* path, char* why, size_t why_n) {
     FILE* f = fopen(path, "rb");
-    if (!f) return bad(why, why_n, path, "cannot open: %s", strerror(errno));
+    if (!f) return fail_why(why, why_n, path, "cannot open: %s", strerror(errno));
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) { fclose(f); return bad(why, why_n, path, "not a regular file"); }
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) { fclose(f); return fail_why(why, why_n, path, "not a regular file"); }
     if ((uint64_t)sb.st_size > MAX_CONFIG_BYTES) {
         fclose(f);
-        return bad(why, why_n, path, "%lld bytes; a config.json of more than %u bytes is refused", (long long)sb.st_size, MAX_CONFIG_BYTES);
+        return fail_why(why, why_n, path, "%lld bytes; a config.json of more than %u bytes is refused", (long long)sb.st_size, MAX_CONFIG_BYTES);
     }
     size_t len = (size_t)sb.st_size;
     char* text = xmalloc(len + 1);
     if (len && fread(text, 1, len, f) != len) {
         free(text);
         fclose(f);
-        return bad(why, why_n, path, "read failed");
+        return fail_why(why, why_n, path, "read failed");
     }
     fclose(f);
     int ok = config_from_json_text(c, text, len, path, why, why_n);

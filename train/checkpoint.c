@@ -1,6 +1,7 @@
 // train/checkpoint.c: see checkpoint.h.
 #include "checkpoint.h"
 #include "crc32c.h"
+#include "atomic_file.h"
 #include <math.h>
 #include <dirent.h>
 #include <stdarg.h>
@@ -14,50 +15,6 @@ static void path_of(char* out, size_t n, const char* dir, const char* kind, int 
     if (rank >= 0) snprintf(out, n, "%s/%s_%08d_r%d.bin", dir, kind, step, rank);
     else if (!strcmp(kind, "DONE") || !strcmp(kind, "KEEP")) snprintf(out, n, "%s/%s_%08d", dir, kind, step);
     else snprintf(out, n, "%s/%s_%08d.bin", dir, kind, step);
-}
-
-// ---- atomic file writes: tmp name, fsync, rename, fsync of the directory
-
-typedef struct {
-    FILE* f;
-    char path[1024];
-    char tmp[1040];
-    uint32_t crc;  // CRC32C of everything written so far
-} AtomicFile;
-
-static void atomic_open(AtomicFile* af, const char* path) {
-    snprintf(af->path, sizeof(af->path), "%s", path);
-    snprintf(af->tmp, sizeof(af->tmp), "%s.tmp", path);
-    af->f = fopen(af->tmp, "wb");
-    af->crc = 0;
-    if (!af->f) fatal("checkpoint: cannot write %s: %s", af->tmp, strerror(errno));
-}
-
-static void atomic_write(AtomicFile* af, const void* data, size_t bytes) {
-    if (bytes && fwrite(data, 1, bytes, af->f) != bytes) fatal("checkpoint: write to %s failed: %s", af->tmp, strerror(errno));
-    af->crc = crc32c_update(af->crc, data, bytes);
-}
-
-// Stores the CRC of the whole file, written so far with a zero in its header slot, into that slot.
-static void atomic_store_crc(AtomicFile* af, int slot) {
-    if (fseek(af->f, (long)slot * 4, SEEK_SET) != 0 || fwrite(&af->crc, 4, 1, af->f) != 1)
-        fatal("checkpoint: write to %s failed: %s", af->tmp, strerror(errno));
-}
-
-static void fsync_dir_of(const char* path) {
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char* slash = strrchr(dir, '/');
-    if (slash) *slash = 0; else snprintf(dir, sizeof(dir), ".");
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-}
-
-static void atomic_close(AtomicFile* af) {
-    if (fflush(af->f) != 0 || fsync(fileno(af->f)) != 0) fatal("checkpoint: flushing %s failed: %s", af->tmp, strerror(errno));
-    if (fclose(af->f) != 0) fatal("checkpoint: closing %s failed: %s", af->tmp, strerror(errno));
-    if (rename(af->tmp, af->path) != 0) fatal("checkpoint: rename %s -> %s failed: %s", af->tmp, af->path, strerror(errno));
-    fsync_dir_of(af->path);
 }
 
 static void ensure_dir(const char* dir) {
@@ -147,7 +104,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
         h[MODEL_NPARAMS_SLOT + 1] = (int32_t)(n >> 31);
         path_of(path, sizeof(path), dir, "model", st->step, -1);
         AtomicFile af;
-        atomic_open(&af, path);
+        atomic_open(&af, path, "checkpoint");
         atomic_write(&af, h, sizeof(h));
         atomic_write(&af, host, n * sizeof(float));
         ops->to_host(host, m->router_bias, nb * sizeof(float));
@@ -175,7 +132,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
     int nsec = sizeof(sec) / sizeof(sec[0]);
     path_of(path, sizeof(path), dir, "state", st->step, rank);
     AtomicFile af;
-    atomic_open(&af, path);
+    atomic_open(&af, path, "checkpoint");
     int32_t h[STATE_HEADER_INTS] = {STATE_MAGIC, CKPT_VERSION, st->step, rank, nsec};
     atomic_write(&af, h, sizeof(h));
     for (int i = 0; i < nsec; i++) {
@@ -195,7 +152,7 @@ void checkpoint_save(const char* dir, const Model* m, const Optimizer* opt, cons
     if (m->comm) comm_barrier(m->comm);
     if (rank == 0) {
         path_of(path, sizeof(path), dir, "DONE", st->step, -1);
-        atomic_open(&af, path);
+        atomic_open(&af, path, "checkpoint");
         atomic_write(&af, "done\n", 5);
         atomic_close(&af);
     }
@@ -309,7 +266,7 @@ void checkpoint_protect(const char* dir, int step) {
     char path[1024];
     path_of(path, sizeof(path), dir, "KEEP", step, -1);
     AtomicFile af;
-    atomic_open(&af, path);
+    atomic_open(&af, path, "checkpoint");
     atomic_write(&af, "replay\n", 7);
     atomic_close(&af);
 }
@@ -327,31 +284,20 @@ void checkpoint_remove_all(const char* dir) {
 // of failure: a damaged file (checksum, truncation, a value out of range) is a reason to fall back to an older
 // checkpoint; an intact file written with other settings (model, batch layout, optimizer) is a fatal user error.
 
-// Fills why with "PATH: what is wrong"; returns 0, so a check can end with `return bad(...)`.
-static int bad(char* why, size_t why_n, const char* path, const char* fmt, ...) {
-    int k = snprintf(why, why_n, "%s: ", path);
-    if (k < 0 || (size_t)k >= why_n) return 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + k, why_n - k, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
 // The whole file, or NULL with the reason in why.
 static uint8_t* read_file(const char* path, size_t* len, char* why, size_t why_n) {
     FILE* f = fopen(path, "rb");
-    if (!f) { bad(why, why_n, path, "cannot open: %s", strerror(errno)); return NULL; }
+    if (!f) { fail_why(why, why_n, path, "cannot open: %s", strerror(errno)); return NULL; }
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);
-        bad(why, why_n, path, "not a regular file");
+        fail_why(why, why_n, path, "not a regular file");
         return NULL;
     }
     size_t n = (size_t)sb.st_size;
     uint8_t* buf = xmalloc(n ? n : 1);
     if (n && fread(buf, 1, n, f) != n) {
-        bad(why, why_n, path, "read failed: %s", ferror(f) ? strerror(errno) : "shorter than its size");
+        fail_why(why, why_n, path, "read failed: %s", ferror(f) ? strerror(errno) : "shorter than its size");
         fclose(f);
         free(buf);
         return NULL;
@@ -382,7 +328,7 @@ static int crc_matches(const uint8_t* buf, size_t len, int slot, const char* pat
     c = crc32c_update(c, &zero, 4);
     c = crc32c_update(c, buf + 4 * slot + 4, len - 4 * (size_t)slot - 4);
     if (c == stored) return 1;
-    return bad(why, why_n, path, "checksum mismatch (stored %08x, computed %08x): the file was damaged after it "
+    return fail_why(why, why_n, path, "checksum mismatch (stored %08x, computed %08x): the file was damaged after it "
                "was written", stored, c);
 }
 
@@ -398,34 +344,34 @@ typedef struct {
 
 static int parse_model_bytes(const uint8_t* buf, size_t len, const char* path, ModelBytes* mb, char* why, size_t why_n) {
     size_t hb = sizeof(mb->h);
-    if (len < hb) return bad(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, hb);
+    if (len < hb) return fail_why(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, hb);
     memcpy(mb->h, buf, hb);
     const int32_t* h = mb->h;
-    if (h[0] != MODEL_MAGIC) return bad(why, why_n, path, "not a train_moe model file (magic %d)", h[0]);
+    if (h[0] != MODEL_MAGIC) return fail_why(why, why_n, path, "not a train_moe model file (magic %d)", h[0]);
     if (h[1] != 1 && h[1] != CKPT_VERSION)
-        return bad(why, why_n, path, "version %d, this build reads 1 and %d", h[1], CKPT_VERSION);
-    if (h[2] < 0) return bad(why, why_n, path, "step %d in the header is negative", h[2]);
+        return fail_why(why, why_n, path, "version %d, this build reads 1 and %d", h[1], CKPT_VERSION);
+    if (h[2] < 0) return fail_why(why, why_n, path, "step %d in the header is negative", h[2]);
     int n_layers = h[5], n_dense = h[6], n_experts = h[13];  // header fields 3.. follow config_to_header
     if (n_dense < 0 || n_dense > n_layers || n_layers > 65536 || n_experts < 0 || n_experts > (1 << 20))
-        return bad(why, why_n, path, "impossible layer or expert counts in the header (n_layers %d, n_dense_layers "
+        return fail_why(why, why_n, path, "impossible layer or expert counts in the header (n_layers %d, n_dense_layers "
                    "%d, n_experts %d)", n_layers, n_dense, n_experts);
     mb->n = (size_t)(uint32_t)h[MODEL_NPARAMS_SLOT] | ((size_t)(uint32_t)h[MODEL_NPARAMS_SLOT + 1] << 31);
     mb->nb = (size_t)(n_layers - n_dense) * n_experts;
     size_t payload = len - hb;
-    if (payload % 4) return bad(why, why_n, path, "%zu bytes after the header, not a whole number of floats", payload);
+    if (payload % 4) return fail_why(why, why_n, path, "%zu bytes after the header, not a whole number of floats", payload);
     size_t floats = payload / 4;
     if (mb->n > floats || mb->nb > floats - mb->n)
-        return bad(why, why_n, path, "truncated: %zu floats after the header, the header says %zu parameters + %zu "
+        return fail_why(why, why_n, path, "truncated: %zu floats after the header, the header says %zu parameters + %zu "
                    "router-bias entries", floats, mb->n, mb->nb);
     if (mb->n + mb->nb < floats)
-        return bad(why, why_n, path, "%zu trailing bytes after the parameters", 4 * (floats - mb->n - mb->nb));
+        return fail_why(why, why_n, path, "%zu trailing bytes after the parameters", 4 * (floats - mb->n - mb->nb));
     if (h[1] >= 2 && !crc_matches(buf, len, MODEL_CRC_SLOT, path, why, why_n)) return 0;
     mb->params = buf + hb;
     mb->bias = mb->params + 4 * mb->n;
     size_t i = first_nonfinite(mb->params, mb->n);
-    if (i < mb->n) return bad(why, why_n, path, "weight %zu of %zu is not finite (%g)", i, mb->n, f32_at(mb->params, i));
+    if (i < mb->n) return fail_why(why, why_n, path, "weight %zu of %zu is not finite (%g)", i, mb->n, f32_at(mb->params, i));
     i = first_nonfinite(mb->bias, mb->nb);
-    if (i < mb->nb) return bad(why, why_n, path, "router bias %zu is not finite (%g)", i, f32_at(mb->bias, i));
+    if (i < mb->nb) return fail_why(why, why_n, path, "router bias %zu is not finite (%g)", i, f32_at(mb->bias, i));
     return 1;
 }
 
@@ -448,29 +394,29 @@ static const char* const state_section_names[] = {"train_state", "opt_t", "adamw
 // Walks the named sections: every one known, present once, inside the file, of a sensible size; nothing after.
 static int parse_state_sections(const uint8_t* buf, size_t len, const char* path, StateBytes* sb, char* why, size_t why_n) {
     int nsec = sb->h[4];
-    if (nsec < 0 || nsec > 64) return bad(why, why_n, path, "the header claims %d sections", nsec);
+    if (nsec < 0 || nsec > 64) return fail_why(why, why_n, path, "the header claims %d sections", nsec);
     int got[N_STATE_SECTIONS] = {0};
     size_t pos = sizeof(sb->h), adam_v_n = 0;
     for (int i = 0; i < nsec; i++) {
-        if (len - pos < 40) return bad(why, why_n, path, "truncated in the header of section %d", i);
+        if (len - pos < 40) return fail_why(why, why_n, path, "truncated in the header of section %d", i);
         char name[32];
         uint64_t bytes;
         memcpy(name, buf + pos, 32);
         memcpy(&bytes, buf + pos + 32, 8);
         pos += 40;
-        if (!memchr(name, 0, sizeof(name))) return bad(why, why_n, path, "section %d has an unterminated name", i);
+        if (!memchr(name, 0, sizeof(name))) return fail_why(why, why_n, path, "section %d has an unterminated name", i);
         int k = 0;
         while (k < N_STATE_SECTIONS && strcmp(name, state_section_names[k])) k++;
-        if (k == N_STATE_SECTIONS) return bad(why, why_n, path, "a section '%s' this build does not know", name);
-        if (got[k]++) return bad(why, why_n, path, "section '%s' appears twice", name);
+        if (k == N_STATE_SECTIONS) return fail_why(why, why_n, path, "a section '%s' this build does not know", name);
+        if (got[k]++) return fail_why(why, why_n, path, "section '%s' appears twice", name);
         if (bytes > len - pos)
-            return bad(why, why_n, path, "truncated: section '%s' needs %llu bytes, %zu are left", name,
+            return fail_why(why, why_n, path, "truncated: section '%s' needs %llu bytes, %zu are left", name,
                        (unsigned long long)bytes, len - pos);
         const uint8_t* data = buf + pos;
         pos += bytes;
         size_t want = k == 0 ? sizeof(TrainState) : k == 1 ? sizeof(int32_t) : 0;
         if ((want && bytes != want) || (!want && bytes % 4))
-            return bad(why, why_n, path, "section '%s' has %llu bytes, %s", name, (unsigned long long)bytes,
+            return fail_why(why, why_n, path, "section '%s' has %llu bytes, %s", name, (unsigned long long)bytes,
                        want ? "not the size this build's record has" : "not a whole number of floats");
         if (k == 0) memcpy(&sb->ts, data, sizeof(TrainState));
         else if (k == 1) memcpy(&sb->opt_t, data, sizeof(int32_t));
@@ -478,10 +424,10 @@ static int parse_state_sections(const uint8_t* buf, size_t len, const char* path
         else if (k == 3) { sb->adam_v = data; adam_v_n = bytes / 4; }
         else { sb->muon_m = data; sb->muon_n = bytes / 4; }
     }
-    if (pos != len) return bad(why, why_n, path, "%zu trailing bytes after the last section", len - pos);
+    if (pos != len) return fail_why(why, why_n, path, "%zu trailing bytes after the last section", len - pos);
     for (int k = 0; k < N_STATE_SECTIONS; k++)
-        if (!got[k]) return bad(why, why_n, path, "section '%s' is missing", state_section_names[k]);
-    if (adam_v_n != sb->adam_n) return bad(why, why_n, path, "sections 'adamw_m' and 'adamw_v' differ in size");
+        if (!got[k]) return fail_why(why, why_n, path, "section '%s' is missing", state_section_names[k]);
+    if (adam_v_n != sb->adam_n) return fail_why(why, why_n, path, "sections 'adamw_m' and 'adamw_v' differ in size");
     return 1;
 }
 
@@ -489,47 +435,47 @@ static int parse_state_sections(const uint8_t* buf, size_t len, const char* path
 static int state_in_range(const char* path, const StateBytes* sb, char* why, size_t why_n) {
     const TrainState* ts = &sb->ts;
     char msg[256];
-    if (ts->step < 0) return bad(why, why_n, path, "step %d is negative", ts->step);
-    if (ts->step != sb->h[2]) return bad(why, why_n, path, "step %d disagrees with the header's %d", ts->step, sb->h[2]);
+    if (ts->step < 0) return fail_why(why, why_n, path, "step %d is negative", ts->step);
+    if (ts->step != sb->h[2]) return fail_why(why, why_n, path, "step %d disagrees with the header's %d", ts->step, sb->h[2]);
     if (sb->opt_t < 0 || sb->opt_t > ts->step)
-        return bad(why, why_n, path, "optimizer update count %d outside [0, step %d]", sb->opt_t, ts->step);
+        return fail_why(why, why_n, path, "optimizer update count %d outside [0, step %d]", sb->opt_t, ts->step);
     if (ts->bad_in_row < 0 || ts->bad_in_row > ts->step)
-        return bad(why, why_n, path, "non-finite step count %d outside [0, step %d]", ts->bad_in_row, ts->step);
-    if (!memchr(ts->optimizer, 0, sizeof(ts->optimizer))) return bad(why, why_n, path, "optimizer name is not terminated");
+        return fail_why(why, why_n, path, "non-finite step count %d outside [0, step %d]", ts->bad_in_row, ts->step);
+    if (!memchr(ts->optimizer, 0, sizeof(ts->optimizer))) return fail_why(why, why_n, path, "optimizer name is not terminated");
     if (ts->micro_batch < 1 || ts->seq_len < 1 || ts->grad_accum < 1 || ts->world < 1 || ts->ep < 1)
-        return bad(why, why_n, path, "run layout has a size below 1 (batch %d, seq_len %d, micro-batches %d, world %d, "
+        return fail_why(why, why_n, path, "run layout has a size below 1 (batch %d, seq_len %d, micro-batches %d, world %d, "
                    "ep %d)", ts->micro_batch, ts->seq_len, ts->grad_accum, ts->world, ts->ep);
     if (sb->h[3] < 0 || sb->h[3] >= ts->world)
-        return bad(why, why_n, path, "rank %d outside the %d ranks that wrote it", sb->h[3], ts->world);
-    if (!spikes_valid(&ts->spikes, msg, sizeof(msg))) return bad(why, why_n, path, "%s", msg);
+        return fail_why(why, why_n, path, "rank %d outside the %d ranks that wrote it", sb->h[3], ts->world);
+    if (!spikes_valid(&ts->spikes, msg, sizeof(msg))) return fail_why(why, why_n, path, "%s", msg);
     // the loader advances by micro_batch * world windows at a time and starts a new epoch at most once per batch
     uint64_t batch_windows = (uint64_t)ts->micro_batch * (uint64_t)ts->world;
     if (ts->data_cursor % batch_windows)
-        return bad(why, why_n, path, "data cursor %llu is not a multiple of the %llu windows a batch takes",
+        return fail_why(why, why_n, path, "data cursor %llu is not a multiple of the %llu windows a batch takes",
                    (unsigned long long)ts->data_cursor, (unsigned long long)batch_windows);
     if (ts->data_epoch > (uint64_t)ts->step * (uint64_t)ts->grad_accum)
-        return bad(why, why_n, path, "data epoch %llu is more than %d steps can reach",
+        return fail_why(why, why_n, path, "data epoch %llu is more than %d steps can reach",
                    (unsigned long long)ts->data_epoch, ts->step);
     size_t i = first_nonfinite(sb->adam_m, sb->adam_n);
-    if (i < sb->adam_n) return bad(why, why_n, path, "Adam first moment %zu is not finite (%g)", i, f32_at(sb->adam_m, i));
+    if (i < sb->adam_n) return fail_why(why, why_n, path, "Adam first moment %zu is not finite (%g)", i, f32_at(sb->adam_m, i));
     for (i = 0; i < sb->adam_n; i++) {
         float v = f32_at(sb->adam_v, i);
         if (!(v >= 0.0f) || isinf(v))  // sqrt of a negative one puts NaN into the weights
-            return bad(why, why_n, path, "Adam second moment %zu is %g (must be finite and >= 0)", i, v);
+            return fail_why(why, why_n, path, "Adam second moment %zu is %g (must be finite and >= 0)", i, v);
     }
     i = first_nonfinite(sb->muon_m, sb->muon_n);
-    if (i < sb->muon_n) return bad(why, why_n, path, "Muon momentum %zu is not finite (%g)", i, f32_at(sb->muon_m, i));
+    if (i < sb->muon_n) return fail_why(why, why_n, path, "Muon momentum %zu is not finite (%g)", i, f32_at(sb->muon_m, i));
     return 1;
 }
 
 static int parse_state_bytes(const uint8_t* buf, size_t len, const char* path, StateBytes* sb, char* why, size_t why_n) {
     memset(sb, 0, sizeof(*sb));
     if (len < sizeof(sb->h))
-        return bad(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, sizeof(sb->h));
+        return fail_why(why, why_n, path, "truncated: %zu bytes, shorter than the %zu-byte header", len, sizeof(sb->h));
     memcpy(sb->h, buf, sizeof(sb->h));
-    if (sb->h[0] != STATE_MAGIC) return bad(why, why_n, path, "not a train_moe state file (magic %d)", sb->h[0]);
+    if (sb->h[0] != STATE_MAGIC) return fail_why(why, why_n, path, "not a train_moe state file (magic %d)", sb->h[0]);
     if (sb->h[1] != 1 && sb->h[1] != CKPT_VERSION)
-        return bad(why, why_n, path, "version %d, this build reads 1 and %d", sb->h[1], CKPT_VERSION);
+        return fail_why(why, why_n, path, "version %d, this build reads 1 and %d", sb->h[1], CKPT_VERSION);
     if (!parse_state_sections(buf, len, path, sb, why, why_n)) return 0;
     if (sb->h[1] >= 2 && !crc_matches(buf, len, STATE_CRC_SLOT, path, why, why_n)) return 0;
     return state_in_range(path, sb, why, why_n);
@@ -549,7 +495,7 @@ int checkpoint_check_bytes(const void* data, size_t bytes, char* why, size_t why
         free(sb);
         return ok;
     }
-    return bad(why, why_n, "bytes", "neither a train_moe model nor a state file (%zu bytes, magic %d)", bytes, magic);
+    return fail_why(why, why_n, "bytes", "neither a train_moe model nor a state file (%zu bytes, magic %d)", bytes, magic);
 }
 
 // ---- a model file on its own (--export-hf)
@@ -587,18 +533,18 @@ int checkpoint_read_model(const char* dir, int step, CheckpointModel* out, char*
     ModelBytes mb;
     if (!buf || !parse_model_bytes(buf, len, path, &mb, why, why_n)) { free(buf); return 0; }
     out->buf = buf;
-    if (mb.h[2] != step) { checkpoint_model_free(out); return bad(why, why_n, path, "the header is for step %d", mb.h[2]); }
+    if (mb.h[2] != step) { checkpoint_model_free(out); return fail_why(why, why_n, path, "the header is for step %d", mb.h[2]); }
     header_to_config(mb.h, &out->cfg);
     char msg[256];
     if (!config_validate(&out->cfg, msg, sizeof(msg))) {
         checkpoint_model_free(out);
-        return bad(why, why_n, path, "the header's model config: %s", msg);
+        return fail_why(why, why_n, path, "the header's model config: %s", msg);
     }
     ParamTensor layout[NUM_PARAM_TENSORS];
     size_t n = param_layout(&out->cfg, out->cfg.n_experts, layout), nb = (size_t)cfg_n_moe(&out->cfg) * out->cfg.n_experts;
     if (mb.n != n || mb.nb != nb) {
         checkpoint_model_free(out);
-        return bad(why, why_n, path, "%zu parameters + %zu router-bias entries, its header's config has %zu + %zu", mb.n,
+        return fail_why(why, why_n, path, "%zu parameters + %zu router-bias entries, its header's config has %zu + %zu", mb.n,
                    mb.nb, n, nb);
     }
     if (mb.h[1] < 2)
@@ -639,7 +585,7 @@ static void check_layout(const char* path, const TrainState* saved, const TrainS
 
 // The model file of checkpoint `step` for this run's model: a different config is the user's mistake (fatal).
 static int model_fits_run(const char* path, const ModelBytes* mb, int step, const Model* m, char* why, size_t why_n) {
-    if (mb->h[2] != step) return bad(why, why_n, path, "the header is for step %d", mb->h[2]);
+    if (mb->h[2] != step) return fail_why(why, why_n, path, "the header is for step %d", mb->h[2]);
     int32_t want[MODEL_HEADER_INTS] = {0};
     config_to_header(&m->cfg, want);
     for (int i = 0; i < 15; i++)
@@ -658,11 +604,11 @@ static int model_fits_run(const char* path, const ModelBytes* mb, int step, cons
 static int state_fits_run(const char* path, const StateBytes* sb, int step, int rank, const TrainState* st,
                           const Optimizer* opt, const CheckpointLimits* lim, char* why, size_t why_n) {
     if (sb->h[2] != step || sb->h[3] != rank)
-        return bad(why, why_n, path, "the header is for step %d rank %d", sb->h[2], sb->h[3]);
+        return fail_why(why, why_n, path, "the header is for step %d rank %d", sb->h[2], sb->h[3]);
     if (sb->ts.step > lim->max_step)
-        return bad(why, why_n, path, "step %d outside [0, --steps %d]", sb->ts.step, lim->max_step);
+        return fail_why(why, why_n, path, "step %d outside [0, --steps %d]", sb->ts.step, lim->max_step);
     if (sb->ts.data_cursor > lim->n_windows)
-        return bad(why, why_n, path, "data cursor %llu is past the training data's %llu windows",
+        return fail_why(why, why_n, path, "data cursor %llu is past the training data's %llu windows",
                    (unsigned long long)sb->ts.data_cursor, (unsigned long long)lim->n_windows);
     check_layout(path, &sb->ts, st);
     if (sb->adam_n != opt->adam_n || sb->muon_n != opt->muon_n)

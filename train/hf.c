@@ -36,6 +36,7 @@
 #include "hf.h"
 #include "checkpoint.h"
 #include "safetensors.h"
+#include "atomic_file.h"
 #include "../json.h"
 #include "../model/config_json.h"
 #include "../model/params.h"
@@ -138,31 +139,23 @@ static int ignorable(const char* name) {
 // small file helpers
 
 static void write_text_file(const char* path, const char* text) {
-    FILE* f = fopen(path, "wb");
-    if (!f) fatal("--export-hf: cannot write %s: %s", path, strerror(errno));
-    size_t n = strlen(text);
-    if (fwrite(text, 1, n, f) != n || fflush(f) != 0 || fsync(fileno(f)) != 0)
-        fatal("--export-hf: writing %s failed: %s", path, strerror(errno));
-    if (fclose(f) != 0) fatal("--export-hf: closing %s failed: %s", path, strerror(errno));
+    AtomicFile af;
+    atomic_open(&af, path, "--export-hf");
+    atomic_write(&af, text, strlen(text));
+    atomic_close(&af);
 }
 
 static void copy_file(const char* from, const char* to) {
     FILE* in = fopen(from, "rb");
     if (!in) fatal("--export-hf: cannot read %s: %s", from, strerror(errno));
-    FILE* out = fopen(to, "wb");
-    if (!out) fatal("--export-hf: cannot write %s: %s", to, strerror(errno));
+    AtomicFile af;
+    atomic_open(&af, to, "--export-hf");
     char buf[1 << 16];
     size_t k;
-    while ((k = fread(buf, 1, sizeof(buf), in)) > 0)
-        if (fwrite(buf, 1, k, out) != k) fatal("--export-hf: writing %s failed: %s", to, strerror(errno));
+    while ((k = fread(buf, 1, sizeof(buf), in)) > 0) atomic_write(&af, buf, k);
     if (ferror(in)) fatal("--export-hf: reading %s failed", from);
     fclose(in);
-    if (fflush(out) != 0 || fsync(fileno(out)) != 0 || fclose(out) != 0) fatal("--export-hf: writing %s failed: %s", to, strerror(errno));
-}
-
-static void fsync_path(const char* path) {
-    int fd = open(path, O_RDONLY);
-    if (fd >= 0) { fsync(fd); close(fd); }
+    atomic_close(&af);
 }
 
 static long long file_size(const char* path) {
@@ -350,7 +343,7 @@ void hf_export(const Flags* f, Comm* comm) {
         fprintf(stderr, "warning: --export-hf: no tokenizer.model beside --tokenizer %s (looked for %s); %s gets no "
                 "tokenizer files\n", f->tokenizer, tok_model, dir);
     }
-    fsync_path(tmp);
+    fsync_dir(tmp);
 
     // into place: an empty DIR is replaced by the rename itself; an earlier export is moved aside first
     char old[1100];
@@ -362,7 +355,7 @@ void hf_export(const Flags* f, Comm* comm) {
     snprintf(parent, sizeof(parent), "%s", dir);
     slash = strrchr(parent, '/');
     if (slash && slash != parent) *slash = 0; else snprintf(parent, sizeof(parent), slash ? "/" : ".");
-    fsync_path(parent);
+    fsync_dir(parent);
 
     printf("exported step %d of %s (model %s, %zu parameters + %zu router-bias entries, %s) to %s:\n", cm.step, f->out,
            c->name, cm.n, cm.nb, bf16 ? "bf16 (router bias fp32)" : "fp32", dir);

@@ -2,6 +2,7 @@
 #include "safetensors.h"
 #include "../common.h"
 #include "../json.h"
+#include "atomic_file.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -77,19 +78,6 @@ static void text_string(Text* t, const char* s) {
     free(buf);
 }
 
-static void write_all(FILE* f, const void* p, size_t n, const char* path) {
-    if (n && fwrite(p, 1, n, f) != n) fatal("safetensors: write to %s failed: %s", path, strerror(errno));
-}
-
-static void fsync_parent(const char* path) {
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char* slash = strrchr(dir, '/');
-    if (slash) *slash = 0; else snprintf(dir, sizeof(dir), ".");
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-}
-
 void st_write(const char* path, const StWriteTensor* t, int n, const char* const* meta_kv, int n_meta) {
     // the file order: larger dtypes first (each tensor then starts at a multiple of its element size), else as given
     int* order = xmalloc((size_t)(n ? n : 1) * sizeof(int));
@@ -130,13 +118,11 @@ void st_write(const char* path, const StWriteTensor* t, int n, const char* const
     text_put(&h, "}", 1);
     while (h.len % 8) text_put(&h, " ", 1);  // the data section starts 8-byte aligned
 
-    char tmp[1100];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE* f = fopen(tmp, "wb");
-    if (!f) fatal("safetensors: cannot write %s: %s", tmp, strerror(errno));
+    AtomicFile af;
+    atomic_open(&af, path, "safetensors");
     uint64_t hlen = h.len;
-    write_all(f, &hlen, 8, tmp);
-    write_all(f, h.s, h.len, tmp);
+    atomic_write(&af, &hlen, 8);
+    atomic_write(&af, h.s, h.len);
     free(h.s);
     enum { CHUNK = 1 << 16 };
     uint16_t* half = xmalloc(CHUNK * sizeof(uint16_t));
@@ -144,36 +130,22 @@ void st_write(const char* path, const StWriteTensor* t, int n, const char* const
         const StWriteTensor* w = &t[order[j]];
         size_t numel = (size_t)(st_tensor_bytes(w) / st_dtype_size(w->dtype));
         if (w->dtype == ST_F32) {
-            write_all(f, w->data, numel * sizeof(float), tmp);
+            atomic_write(&af, w->data, numel * sizeof(float));
             continue;
         }
         for (size_t i = 0; i < numel; i += CHUNK) {
             size_t m = numel - i < CHUNK ? numel - i : CHUNK;
             for (size_t q = 0; q < m; q++) half[q] = st_f32_to_bf16(w->data[i + q]);
-            write_all(f, half, m * sizeof(uint16_t), tmp);
+            atomic_write(&af, half, m * sizeof(uint16_t));
         }
     }
     free(half);
     free(order);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) fatal("safetensors: flushing %s failed: %s", tmp, strerror(errno));
-    if (fclose(f) != 0) fatal("safetensors: closing %s failed: %s", tmp, strerror(errno));
-    if (rename(tmp, path) != 0) fatal("safetensors: rename %s -> %s failed: %s", tmp, path, strerror(errno));
-    fsync_parent(path);
+    atomic_close(&af);
 }
 
 // ----------------------------------------------------------------------------
 // reading
-
-// Fills why with "PATH: what"; returns 0.
-static int bad(char* why, size_t why_n, const char* path, const char* fmt, ...) {
-    int k = snprintf(why, why_n, "%s: ", path);
-    if (k < 0 || (size_t)k >= why_n) return 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + k, why_n - (size_t)k, fmt, ap);
-    va_end(ap);
-    return 0;
-}
 
 static int cmp_by_offset(const void* a, const void* b) {
     const StEntry* x = a;
@@ -200,40 +172,40 @@ static int parse_entry(const char* path, const char* name, const JsonValue* v, u
     memset(e, 0, sizeof(*e));
     e->name = name;
     if (v->type != JSON_OBJECT)
-        return bad(why, why_n, path, "tensor '%s': its header entry is %s, not an object", name, json_type_name(v->type));
+        return fail_why(why, why_n, path, "tensor '%s': its header entry is %s, not an object", name, json_type_name(v->type));
     for (int i = 0; i < v->n; i++)
         if (strcmp(v->keys[i], "dtype") && strcmp(v->keys[i], "shape") && strcmp(v->keys[i], "data_offsets"))
-            return bad(why, why_n, path, "tensor '%s': unknown header field '%s'", name, v->keys[i]);
+            return fail_why(why, why_n, path, "tensor '%s': unknown header field '%s'", name, v->keys[i]);
     const JsonValue* dt = json_get(v, "dtype");
     const JsonValue* sh = json_get(v, "shape");
     const JsonValue* off = json_get(v, "data_offsets");
     if (!dt || !sh || !off)
-        return bad(why, why_n, path, "tensor '%s': the header entry lacks '%s'", name, !dt ? "dtype" : !sh ? "shape" : "data_offsets");
-    if (dt->type != JSON_STRING) return bad(why, why_n, path, "tensor '%s': dtype is %s, not a string", name, json_type_name(dt->type));
+        return fail_why(why, why_n, path, "tensor '%s': the header entry lacks '%s'", name, !dt ? "dtype" : !sh ? "shape" : "data_offsets");
+    if (dt->type != JSON_STRING) return fail_why(why, why_n, path, "tensor '%s': dtype is %s, not a string", name, json_type_name(dt->type));
     int t = 0;
     while (t < ST_NUM_DTYPES && strcmp(dtypes[t].name, dt->str)) t++;
-    if (t == ST_NUM_DTYPES) return bad(why, why_n, path, "tensor '%s': unknown dtype '%s'", name, dt->str);
+    if (t == ST_NUM_DTYPES) return fail_why(why, why_n, path, "tensor '%s': unknown dtype '%s'", name, dt->str);
     e->dtype = (StDtype)t;
-    if (sh->type != JSON_ARRAY) return bad(why, why_n, path, "tensor '%s': shape is %s, not an array", name, json_type_name(sh->type));
-    if (sh->n > ST_MAX_DIMS) return bad(why, why_n, path, "tensor '%s': %d dimensions (at most %d)", name, sh->n, ST_MAX_DIMS);
+    if (sh->type != JSON_ARRAY) return fail_why(why, why_n, path, "tensor '%s': shape is %s, not an array", name, json_type_name(sh->type));
+    if (sh->n > ST_MAX_DIMS) return fail_why(why, why_n, path, "tensor '%s': %d dimensions (at most %d)", name, sh->n, ST_MAX_DIMS);
     e->ndim = sh->n;
     // the byte count in 128 bits: product(shape) x size must not wrap around to a small number
     unsigned __int128 bytes = dtypes[t].size;
     for (int d = 0; d < sh->n; d++) {
         uint64_t dim;
         if (!header_uint(&sh->items[d], &dim))
-            return bad(why, why_n, path, "tensor '%s': shape[%d] is not a non-negative integer", name, d);
+            return fail_why(why, why_n, path, "tensor '%s': shape[%d] is not a non-negative integer", name, d);
         e->shape[d] = (int64_t)dim;
         bytes *= dim;
         if (bytes > (unsigned __int128)UINT64_MAX) bytes = (unsigned __int128)UINT64_MAX + 1;  // saturate: "too big"
     }
     if (off->type != JSON_ARRAY || off->n != 2 || !header_uint(&off->items[0], &e->begin) || !header_uint(&off->items[1], &e->end))
-        return bad(why, why_n, path, "tensor '%s': data_offsets must be [begin, end], two non-negative integers", name);
+        return fail_why(why, why_n, path, "tensor '%s': data_offsets must be [begin, end], two non-negative integers", name);
     if (e->begin > e->end)
-        return bad(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] end before they begin", name,
+        return fail_why(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] end before they begin", name,
                    (unsigned long long)e->begin, (unsigned long long)e->end);
     if (e->end > data_bytes)
-        return bad(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] run past the %llu-byte data section "
+        return fail_why(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] run past the %llu-byte data section "
                    "(a truncated file, or a header that lies)", name, (unsigned long long)e->begin,
                    (unsigned long long)e->end, (unsigned long long)data_bytes);
     if (bytes != (unsigned __int128)(e->end - e->begin)) {
@@ -241,7 +213,7 @@ static int parse_entry(const char* path, const char* name, const JsonValue* v, u
         size_t k = 0;
         for (int d = 0; d < e->ndim && k < sizeof(shape) - 24; d++)
             k += (size_t)snprintf(shape + k, sizeof(shape) - k, "%s%lld", d ? ", " : "", (long long)e->shape[d]);
-        return bad(why, why_n, path, "tensor '%s': shape [%s] of %s needs %s bytes, data_offsets [%llu, %llu] hold %llu",
+        return fail_why(why, why_n, path, "tensor '%s': shape [%s] of %s needs %s bytes, data_offsets [%llu, %llu] hold %llu",
                    name, shape, dtypes[t].name, bytes > (unsigned __int128)UINT64_MAX ? "more than 2^64" : "other",
                    (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)(e->end - e->begin));
     }
@@ -255,21 +227,21 @@ static int parse_header(StFile* f, const char* path, const char* text, uint64_t 
     char msg[512];
     if (!json_parse(doc, text, (size_t)n, 16, msg, sizeof(msg))) {
         free(doc);
-        return bad(why, why_n, path, "header (the %llu bytes after the length): %s", (unsigned long long)n, msg);
+        return fail_why(why, why_n, path, "header (the %llu bytes after the length): %s", (unsigned long long)n, msg);
     }
     const JsonValue* root = doc->root;
     int ok = 1;
-    if (root->type != JSON_OBJECT) ok = bad(why, why_n, path, "the header is %s, not an object", json_type_name(root->type));
+    if (root->type != JSON_OBJECT) ok = fail_why(why, why_n, path, "the header is %s, not an object", json_type_name(root->type));
     StEntry* e = xmalloc((size_t)(ok && root->n ? root->n : 1) * sizeof(StEntry));
     int ne = 0;
     for (int i = 0; ok && i < root->n; i++) {
         const char* key = root->keys[i];
         const JsonValue* v = &root->items[i];
         if (!strcmp(key, "__metadata__")) {
-            if (v->type != JSON_OBJECT) { ok = bad(why, why_n, path, "__metadata__ is %s, not an object", json_type_name(v->type)); break; }
+            if (v->type != JSON_OBJECT) { ok = fail_why(why, why_n, path, "__metadata__ is %s, not an object", json_type_name(v->type)); break; }
             for (int j = 0; j < v->n; j++)
                 if (v->items[j].type != JSON_STRING) {
-                    ok = bad(why, why_n, path, "__metadata__ value '%s' is %s, not a string", v->keys[j], json_type_name(v->items[j].type));
+                    ok = fail_why(why, why_n, path, "__metadata__ value '%s' is %s, not a string", v->keys[j], json_type_name(v->items[j].type));
                     break;
                 }
             continue;
@@ -283,18 +255,18 @@ static int parse_header(StFile* f, const char* path, const char* text, uint64_t 
         uint64_t at = 0;
         for (int i = 0; ok && i < ne; i++) {
             if (e[i].begin < at)
-                ok = bad(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s' [%llu, %llu]",
+                ok = fail_why(why, why_n, path, "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s' [%llu, %llu]",
                          e[i].name, (unsigned long long)e[i].begin, (unsigned long long)e[i].end, e[i - 1].name,
                          (unsigned long long)e[i - 1].begin, (unsigned long long)e[i - 1].end);
             else if (e[i].begin > at)
-                ok = bad(why, why_n, path, "tensor '%s': a gap of %llu bytes before its data_offsets [%llu, %llu] "
+                ok = fail_why(why, why_n, path, "tensor '%s': a gap of %llu bytes before its data_offsets [%llu, %llu] "
                          "(no tensor covers bytes [%llu, %llu))", e[i].name, (unsigned long long)(e[i].begin - at),
                          (unsigned long long)e[i].begin, (unsigned long long)e[i].end, (unsigned long long)at,
                          (unsigned long long)e[i].begin);
             at = e[i].end > at ? e[i].end : at;
         }
         if (ok && at != data_bytes)
-            ok = bad(why, why_n, path, "%llu bytes after the last tensor%s%s%s belong to no tensor (the data section "
+            ok = fail_why(why, why_n, path, "%llu bytes after the last tensor%s%s%s belong to no tensor (the data section "
                      "has %llu bytes)", (unsigned long long)(data_bytes - at), ne ? " '" : "", ne ? e[ne - 1].name : "",
                      ne ? "'" : "", (unsigned long long)data_bytes);
     }
@@ -314,10 +286,10 @@ static int parse_header(StFile* f, const char* path, const char* text, uint64_t 
 // The 8-byte length against the file's size.
 static int check_length(const char* path, uint64_t file_size, uint64_t hlen, char* why, size_t why_n) {
     if (hlen > ST_MAX_HEADER)
-        return bad(why, why_n, path, "header length %llu is over the %u-byte limit (not a safetensors file?)",
+        return fail_why(why, why_n, path, "header length %llu is over the %u-byte limit (not a safetensors file?)",
                    (unsigned long long)hlen, ST_MAX_HEADER);
     if (hlen > file_size - 8)
-        return bad(why, why_n, path, "header length %llu runs past the end of the %llu-byte file (truncated?)",
+        return fail_why(why, why_n, path, "header length %llu runs past the end of the %llu-byte file (truncated?)",
                    (unsigned long long)hlen, (unsigned long long)file_size);
     return 1;
 }
@@ -338,18 +310,18 @@ int st_open(StFile* f, const char* path, char* why, size_t why_n) {
     f->fd = -1;
     snprintf(f->path, sizeof(f->path), "%s", path);
     int fd = open(path, O_RDONLY | O_NONBLOCK);  // a FIFO must not hang here
-    if (fd < 0) return bad(why, why_n, path, "cannot open: %s", strerror(errno));
+    if (fd < 0) return fail_why(why, why_n, path, "cannot open: %s", strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) { close(fd); return bad(why, why_n, path, "not a regular file"); }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) { close(fd); return fail_why(why, why_n, path, "not a regular file"); }
     uint64_t size = (uint64_t)sb.st_size, hlen;
-    if (size < 8) { close(fd); return bad(why, why_n, path, "truncated: %llu bytes, shorter than the 8-byte header length", (unsigned long long)size); }
-    if (!read_exact(fd, &hlen, 8, 0)) { close(fd); return bad(why, why_n, path, "read failed: %s", strerror(errno)); }
+    if (size < 8) { close(fd); return fail_why(why, why_n, path, "truncated: %llu bytes, shorter than the 8-byte header length", (unsigned long long)size); }
+    if (!read_exact(fd, &hlen, 8, 0)) { close(fd); return fail_why(why, why_n, path, "read failed: %s", strerror(errno)); }
     if (!check_length(path, size, hlen, why, why_n)) { close(fd); return 0; }
     char* text = xmalloc((size_t)hlen + 1);
     if (!read_exact(fd, text, (size_t)hlen, 8)) {
         free(text);
         close(fd);
-        return bad(why, why_n, path, "read failed: %s", strerror(errno));
+        return fail_why(why, why_n, path, "read failed: %s", strerror(errno));
     }
     int ok = parse_header(f, path, text, hlen, size - 8 - hlen, why, why_n);
     free(text);
@@ -381,11 +353,11 @@ const StEntry* st_find(const StFile* f, const char* name) {
 
 int st_read_f32(const StFile* f, const StEntry* e, float* out, char* why, size_t why_n) {
     if (e->dtype != ST_F32 && e->dtype != ST_BF16)
-        return bad(why, why_n, f->path, "tensor '%s' has dtype %s; only F32 and BF16 are read", e->name, st_dtype_name(e->dtype));
+        return fail_why(why, why_n, f->path, "tensor '%s' has dtype %s; only F32 and BF16 are read", e->name, st_dtype_name(e->dtype));
     uint64_t bytes = e->end - e->begin, at = f->data_start + e->begin;
     if (e->dtype == ST_F32) {
         if (!read_exact(f->fd, out, (size_t)bytes, at))
-            return bad(why, why_n, f->path, "tensor '%s': reading %llu bytes failed (the file shrank?)", e->name, (unsigned long long)bytes);
+            return fail_why(why, why_n, f->path, "tensor '%s': reading %llu bytes failed (the file shrank?)", e->name, (unsigned long long)bytes);
         return 1;
     }
     enum { CHUNK = 1 << 16 };
@@ -395,7 +367,7 @@ int st_read_f32(const StFile* f, const StEntry* e, float* out, char* why, size_t
         size_t m = numel - i < CHUNK ? numel - i : CHUNK;
         if (!read_exact(f->fd, half, m * 2, at + 2 * i)) {
             free(half);
-            return bad(why, why_n, f->path, "tensor '%s': reading %llu bytes failed (the file shrank?)", e->name, (unsigned long long)bytes);
+            return fail_why(why, why_n, f->path, "tensor '%s': reading %llu bytes failed (the file shrank?)", e->name, (unsigned long long)bytes);
         }
         for (size_t q = 0; q < m; q++) out[i + q] = st_bf16_to_f32(half[q]);
     }
@@ -405,7 +377,7 @@ int st_read_f32(const StFile* f, const StEntry* e, float* out, char* why, size_t
 
 int st_check_bytes(const void* data, size_t len, char* why, size_t why_n) {
     const char* path = "bytes";
-    if (len < 8) return bad(why, why_n, path, "truncated: %zu bytes, shorter than the 8-byte header length", len);
+    if (len < 8) return fail_why(why, why_n, path, "truncated: %zu bytes, shorter than the 8-byte header length", len);
     uint64_t hlen;
     memcpy(&hlen, data, 8);
     if (!check_length(path, len, hlen, why, why_n)) return 0;
