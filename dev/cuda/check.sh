@@ -224,15 +224,19 @@ if want hf && [ $BUILD_OK = 1 ]; then
         fi
         HF_SHAPE=(--batch-size 2 --seq-len 64 --device cpu --threads "$(nproc)" --tokenizer "$HF_TOK")
         step=""
-        if ! timeout "$(hf_left)" ./train_moe --model k2-nano --steps 3 --ckpt-every 3 --val-every 0 --sample-every 0                 --out "$W/hfrun" --overwrite "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_train.log" 2>&1; then step=train
-        elif ! timeout "$(hf_left)" ./train_moe --export-hf "$W/hf" --out "$W/hfrun" --tokenizer "$HF_TOK"                 > "$LOGS/hf_export.log" 2>&1; then step=export
-        elif ! timeout "$(hf_left)" ./train_moe --eval --out "$W/hfrun" --val-batches 1 --dump-logits "$W/hf_logits.bin"                 "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_eval.log" 2>&1; then step=eval
+        if ! timeout "$(hf_left)" ./train_moe --model k2-nano --steps 3 --ckpt-every 3 --val-every 0 --sample-every 0 \
+                --out "$W/hfrun" --overwrite "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_train.log" 2>&1; then step=train
+        elif ! timeout "$(hf_left)" ./train_moe --export-hf "$W/hf" --out "$W/hfrun" --tokenizer "$HF_TOK" \
+                > "$LOGS/hf_export.log" 2>&1; then step=export
+        elif ! timeout "$(hf_left)" ./train_moe --eval --out "$W/hfrun" --val-batches 1 --dump-logits "$W/hf_logits.bin" \
+                "${HF_DATA[@]}" "${HF_SHAPE[@]}" > "$LOGS/hf_eval.log" 2>&1; then step=eval
         fi
         if [ -n "$step" ]; then
             tail -n 5 "$LOGS/hf_$step.log"
             row "hf export vs transformers" FAIL "train_moe $step failed (see hf_$step.log)"
         else
-            timeout "$(hf_left)" python3 dev/hf/hf_transformers_check.py "$W/hf" --logits "$W/hf_logits.bin"                 > "$LOGS/hf_check.log" 2>&1
+            timeout "$(hf_left)" python3 dev/hf/hf_transformers_check.py "$W/hf" --logits "$W/hf_logits.bin" \
+                > "$LOGS/hf_check.log" 2>&1
             rc=$?
             cat "$LOGS/hf_check.log"
             summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/hf_check.log" | tail -n 1)
