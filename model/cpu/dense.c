@@ -178,15 +178,14 @@ void cpu_rope(void* x_, int N, int T, int n_heads, int row_stride, int head_stri
 // ----------------------------------------------------------------------------
 // softmax cross-entropy
 
+// Each row is 16 KB at V = 4096, so after the first pass (the max) it is read again from L1.
 void cpu_crossentropy_forward(float* losses, const void* logits_, const int* targets, int N, int V) {
     const float* logits = logits_;
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float* z = logits + (size_t)n * V;
-        float mx = -INFINITY;
-        for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-        double s = 0.0;  // float terms (each in (0, 1]), summed in double
-        for (int v = 0; v < V; v++) s += exp_fast(z[v] - mx);
+        float mx = row_max(z, V);
+        double s = row_exp_sum(NULL, z, V, mx);  // float terms (each in (0, 1]), summed in double
         losses[n] = (float)(log(s) + mx - z[targets[n]]);
     }
 }
@@ -198,18 +197,10 @@ void cpu_crossentropy_backward(void* dlogits_, const void* logits_, const int* t
     for (int n = 0; n < N; n++) {
         const float* z = logits + (size_t)n * V;
         float* g = dz + (size_t)n * V;
-        float mx = -INFINITY;
-        for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        float mx = row_max(z, V);
         // z and g may alias: write exp(z - mx) first, then scale by 1/sum
-        double s = 0.0;
-        for (int v = 0; v < V; v++) {
-            float e = exp_fast(z[v] - mx);
-            g[v] = e;
-            s += e;
-        }
-        float scale = (float)(dloss / s);
-        for (int v = 0; v < V; v++) g[v] *= scale;
+        double s = row_exp_sum(g, z, V, mx);
+        row_scale(g, V, (float)(dloss / s));
         g[targets[n]] -= dloss;
     }
 }
-
