@@ -55,16 +55,9 @@ void cpu_attention_forward(void* out_, float* lse, float* maxlogit, const void* 
             float mx_all = -INFINITY;
             for (int i = 0; i < T; i++) {
                 float* row = S + (size_t)i * T;
-                float mx = -INFINITY;
-                for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-                double sum = 0.0;
-                for (int j = 0; j <= i; j++) {
-                    float e = exp_fast(row[j] - mx);
-                    row[j] = e;
-                    sum += e;
-                }
-                float inv = (float)(1.0 / sum);
-                for (int j = 0; j <= i; j++) row[j] *= inv;
+                float mx = row_max(row, i + 1);
+                double sum = row_exp_sum(row, row, i + 1, mx);
+                row_scale(row, i + 1, (float)(1.0 / sum));
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
                 lse[(size_t)bh * T + i] = mx + (float)log(sum);
                 mx_all = mx > mx_all ? mx : mx_all;
@@ -104,8 +97,7 @@ void cpu_attention_backward(void* dq_, void* dkv_, void* da_, const void* dout_,
             attn_scores(P, &s, q, kv, a, b, h);
             for (int i = 0; i < T; i++) {
                 float* row = P + (size_t)i * T;
-                float l = lse[(size_t)bh * T + i];
-                for (int j = 0; j <= i; j++) row[j] = exp_fast(row[j] - l);
+                row_exp(row, row, i + 1, lse[(size_t)bh * T + i]);
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
             }
             const float* dO = dout + (size_t)b * T * s.o_stride + (size_t)h * dv;
@@ -118,9 +110,7 @@ void cpu_attention_backward(void* dq_, void* dkv_, void* da_, const void* dout_,
             for (int i = 0; i < T; i++) {
                 float* p = P + (size_t)i * T;
                 float* g = dP + (size_t)i * T;
-                double dsum = 0.0;
-                for (int j = 0; j <= i; j++) dsum += (double)p[j] * g[j];
-                float D = (float)dsum;
+                float D = (float)row_dot(p, g, i + 1);
                 for (int j = 0; j <= i; j++) g[j] = p[j] * (g[j] - D) * s.scale;
                 for (int j = i + 1; j < T; j++) g[j] = 0.0f;
             }

@@ -117,6 +117,16 @@ static inline double row_exp_sum(float* out, const float* x, int n, float shift)
     return lanes8_sum(acc);
 }
 
+// out[i] = exp(x[i] - shift) (out may be x)
+static inline void row_exp(float* out, const float* x, int n, float shift) {
+    int i = 0;
+#if VEC_AVX2
+    __m256 vs = _mm256_set1_ps(shift);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs)));
+#endif
+    for (; i < n; i++) out[i] = exp_fast(x[i] - shift);
+}
+
 // sum over i of a[i] b[i] in double (8 lanes; a product of two floats is exact in double)
 static inline double row_dot(const float* a, const float* b, int n) {
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
