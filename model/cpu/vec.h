@@ -30,8 +30,16 @@
 #define VEXP_LN2_LO 1.42860677e-06f
 
 static inline float exp_fast(float x) {
-    x = fminf(fmaxf(x, VEXP_LO), VEXP_HI);
-    float k = floorf(fmaf(x, VEXP_LOG2E, 0.5f));
+    // the clamp as fmaxf/fminf would do it (a NaN becomes VEXP_LO), written so that it compiles to maxss/minss
+    // and vectorises (without -ffinite-math-only, fmaxf/fminf are library calls)
+    x = x > VEXP_LO ? x : VEXP_LO;
+    x = x < VEXP_HI ? x : VEXP_HI;
+    // k = floor(x log2 e + 1/2) through int (floorf would not vectorise without -fno-trapping-math); exact for
+    // the clamped range, and never -0 (x log2 e + 1/2 rounds to +0 when it is 0)
+    float y = fmaf(x, VEXP_LOG2E, 0.5f);
+    int32_t ki = (int32_t)y;
+    ki -= (float)ki > y;
+    float k = (float)ki;
     float r = fmaf(-k, VEXP_LN2_HI, x);
     r = fmaf(-k, VEXP_LN2_LO, r);
     float p = fmaf(r, 1.0f / 720, 1.0f / 120);
@@ -40,10 +48,8 @@ static inline float exp_fast(float x) {
     p = fmaf(r, p, 0.5f);
     p = fmaf(r, p, 1.0f);
     p = fmaf(r, p, 1.0f);
-    int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
+    union { int32_t i; float f; } scale = {(ki + 127) << 23};  // 2^k
+    return p * scale.f;
 }
 
 static inline float sigmoid_fast(float z) { return 1.0f / (1.0f + exp_fast(-z)); }
