@@ -5,6 +5,42 @@
 // ----------------------------------------------------------------------------
 // router
 
+// Top-K of v[e] = s[e] + bias[e] over e = 0..E-1 into chosen (K, sorted by value, descending), best (their values):
+// one pass keeping the best K so far; a later expert must beat a value strictly, so ties go to the lower expert id.
+// After the first K, an expert enters only if it beats the current K-th value, which only grows: eight experts
+// at a time are compared with it in vector lanes, and only a block with a candidate is walked one by one (the
+// same insertions, in the same order, as walking every expert).
+static void router_topk(int* chosen, float* best, const float* s, const float* bias, int E, int K) {
+    int cnt = 0, e = 0;
+    for (; e < E && cnt < K; e++) {
+        float v = s[e] + bias[e];
+        int j = cnt++;
+        while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
+        best[j] = v;
+        chosen[j] = e;
+    }
+    for (; e < E; ) {
+        int end = e + 8 <= E ? e + 8 : E;
+#if VEC_AVX2
+        if (end == e + 8) {
+            __m256 v8 = _mm256_add_ps(_mm256_loadu_ps(s + e), _mm256_loadu_ps(bias + e));
+            if (_mm256_movemask_ps(_mm256_cmp_ps(v8, _mm256_set1_ps(best[K - 1]), _CMP_GT_OQ)) == 0) {
+                e = end;
+                continue;
+            }
+        }
+#endif
+        for (; e < end; e++) {
+            float v = s[e] + bias[e];
+            if (!(v > best[K - 1])) continue;
+            int j = K - 1;
+            while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
+            best[j] = v;
+            chosen[j] = e;
+        }
+    }
+}
+
 void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x, const void* w_router,
                             const float* bias, MoeShape shape, float routed_scale) {
     int N = shape.B * shape.T, d = shape.d, E = shape.E, K = shape.K;
@@ -14,19 +50,9 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
     for (int n = 0; n < N; n++) {
         float* s = scores + (size_t)n * E;
         for (int e = 0; e < E; e++) s[e] = sigmoid_fast(s[e]);
-        // top-K of s + bias in one pass, keeping the best K so far sorted by value (descending); a later expert
-        // must beat a value strictly, so ties go to the lower expert id
         int* chosen = sel + (size_t)n * K;
         float best[64];
-        int cnt = 0;
-        for (int e = 0; e < E; e++) {
-            float v = s[e] + bias[e];
-            if (cnt == K && !(v > best[K - 1])) continue;
-            int j = cnt < K ? cnt++ : K - 1;
-            while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
-            best[j] = v;
-            chosen[j] = e;
-        }
+        router_topk(chosen, best, s, bias, E, K);
         // ascending expert order: the combine then sums in a fixed order whatever the scores were
         for (int i = 1; i < K; i++)
             for (int j = i; j > 0 && chosen[j - 1] > chosen[j]; j--) {
@@ -41,26 +67,34 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
 // f_i = E/(K T) * (choices of expert i in the sequence), P_i = mean over the sequence of s_i / sum_j s_j
 void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeShape shape, float alpha) {
     int B = shape.B, T = shape.T, E = shape.E, K = shape.K;
-    double total = 0.0;
-    double* P = xmalloc((size_t)E * sizeof(double));
-    int* count = xmalloc((size_t)E * sizeof(int));
-    for (int b = 0; b < B; b++) {
-        memset(count, 0, E * sizeof(int));
-        for (int e = 0; e < E; e++) P[e] = 0.0;
-        for (int t = 0; t < T; t++) {
-            size_t n = (size_t)b * T + t;
-            const float* s = scores + n * E;
-            double ssum = 0.0;
-            for (int e = 0; e < E; e++) ssum += s[e];
-            for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
-            for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
+    double* seq_loss = xmalloc((size_t)B * sizeof(double));
+    // one sequence per thread at a time; the sequences' losses are added in order afterwards
+    #pragma omp parallel
+    {
+        double* P = xmalloc((size_t)E * sizeof(double));
+        int* count = xmalloc((size_t)E * sizeof(int));
+        #pragma omp for
+        for (int b = 0; b < B; b++) {
+            memset(count, 0, E * sizeof(int));
+            for (int e = 0; e < E; e++) P[e] = 0.0;
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t;
+                const float* s = scores + n * E;
+                double ssum = 0.0;
+                for (int e = 0; e < E; e++) ssum += s[e];
+                for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
+                for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
+            }
+            double l = 0.0;
+            for (int e = 0; e < E; e++) l += ((double)E / ((double)K * T) * count[e]) * (P[e] / T);
+            seq_loss[b] = alpha * l;
         }
-        double l = 0.0;
-        for (int e = 0; e < E; e++) l += ((double)E / ((double)K * T) * count[e]) * (P[e] / T);
-        total += alpha * l;
+        free(P);
+        free(count);
     }
-    free(P);
-    free(count);
+    double total = 0.0;
+    for (int b = 0; b < B; b++) total += seq_loss[b];
+    free(seq_loss);
     *aux += (float)(total / B);
 }
 
