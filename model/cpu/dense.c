@@ -72,12 +72,21 @@ void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dga
         if (accumulate) for (int c = 0; c < C; c++) dx[c] += r * g[c] * dy[c] - k * x[c];
         else            for (int c = 0; c < C; c++) dx[c]  = r * g[c] * dy[c] - k * x[c];
     }
-    // dgain_c += sum_n dy x r: parallel over columns so each sum runs over rows in a fixed order
+    // dgain_c += sum_n dy x r: each column's sum runs over the rows in order (whatever the threads); blocks of 16
+    // columns go to the threads, and a block's sums advance together row by row (contiguous loads, vector lanes)
+    enum { CB = 16 };
+    int blocks = (C + CB - 1) / CB;
     #pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        double s = 0.0;
-        for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * in_stride + c] * rstd[n];
-        dgain[c] += (float)s;
+    for (int blk = 0; blk < blocks; blk++) {
+        int c0 = blk * CB, nc = C - c0 < CB ? C - c0 : CB;
+        double s[CB] = {0};
+        for (int n = 0; n < N; n++) {
+            const float* dy = dout + (size_t)n * C + c0;
+            const float* x = inp + (size_t)n * in_stride + c0;
+            double r = rstd[n];
+            for (int j = 0; j < nc; j++) s[j] += (double)dy[j] * x[j] * r;
+        }
+        for (int j = 0; j < nc; j++) dgain[c0 + j] += (float)s[j];
     }
 }
 
@@ -146,19 +155,35 @@ void cpu_swiglu_backward(void* dh13_, const void* dout_, const void* h13_, int N
 // ----------------------------------------------------------------------------
 // RoPE on adjacent pairs (2i, 2i+1), frequency theta^(-2i/rope_dim), angle = position * frequency
 
-void cpu_rope(void* x_, int N, int T, int n_heads, int row_stride, int head_stride, int offset, int rope_dim,
-              float theta, int inverse) {
-    float* x = x_;
+// (cos, +-sin) per position t < T and pair i < rope_dim/2: T*rope_dim/2 trig calls, far fewer than one per element,
+// and made once: every later RoPE call (4 per layer and step, forward and inverse) reuses the table of its
+// direction. Ops run on the calling thread only, so the cache needs no lock.
+static const float* rope_table(int T, int rope_dim, float theta, int inverse) {
+    static struct { float* cs; int T, rope_dim; float theta; } cache[2];  // [inverse]
     int half = rope_dim / 2;
-    // the table costs T*half trig calls, far fewer than one per element
-    float* cs = xmalloc((size_t)T * half * 2 * sizeof(float));
+    typeof(cache[0])* c = &cache[inverse ? 1 : 0];
+    // a position's entries do not depend on T: a table for more positions serves a shorter sequence too
+    if (c->cs && c->T >= T && c->rope_dim == rope_dim && c->theta == theta) return c->cs;
+    free(c->cs);
+    c->cs = xmalloc((size_t)T * half * 2 * sizeof(float));
+    c->T = T;
+    c->rope_dim = rope_dim;
+    c->theta = theta;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
             double freq = pow((double)theta, -2.0 * i / rope_dim);
             double ang = t * freq;
-            cs[(t * half + i) * 2] = (float)cos(ang);
-            cs[(t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
+            c->cs[(t * half + i) * 2] = (float)cos(ang);
+            c->cs[(t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
         }
+    return c->cs;
+}
+
+void cpu_rope(void* x_, int N, int T, int n_heads, int row_stride, int head_stride, int offset, int rope_dim,
+              float theta, int inverse) {
+    float* x = x_;
+    int half = rope_dim / 2;
+    const float* cs = rope_table(T, rope_dim, theta, inverse);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float* tab = cs + (size_t)(n % T) * half * 2;
@@ -172,7 +197,6 @@ void cpu_rope(void* x_, int N, int T, int n_heads, int row_stride, int head_stri
             }
         }
     }
-    free(cs);
 }
 
 // ----------------------------------------------------------------------------
