@@ -254,9 +254,8 @@ void cpu_moe_combine_backward(void* dye_, float* dgates, const void* dy_, const 
             float g = gates[(size_t)n * K + k];
             float* dst = dye + r * d;
             const float* src = ye + r * d;
-            double dot = 0.0;
-            for (int c = 0; c < d; c++) { dst[c] = g * g_up[c]; dot += (double)g_up[c] * src[c]; }
-            dgates[(size_t)n * K + k] = (float)dot;
+            for (int c = 0; c < d; c++) dst[c] = g * g_up[c];
+            dgates[(size_t)n * K + k] = (float)row_dot(g_up, src, d);
         }
     }
 }

@@ -134,9 +134,9 @@ static inline void row_exp(float* out, const float* x, int n, float shift) {
 }
 
 // sum over i of a[i] b[i] in double (8 lanes; a product of two floats is exact in double)
-static inline double row_dot(const float* a, const float* b, int n) {
+static inline double row_dot(const float* a, const float* b, size_t n) {
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
+    size_t i = 0;
 #if VEC_AVX2
     __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
     for (; i + 8 <= n; i += 8) {
