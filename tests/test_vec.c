@@ -32,17 +32,23 @@ static float exp_plain(float x) {
 static void exp_range(int sign, float limit, uint32_t stride, long* max_ref, long* max_expf, long* mismatches,
                       long* plain_diff, long* over1, double* worst_x, long* count) {
     uint32_t top = fbits(limit);
-    float xs[8];
+    float xs[16];
     int nx = 0;
     for (uint64_t b = 0; b <= top; b += stride) {
         float x = bitsf((uint32_t)b) * (float)sign;
         xs[nx++] = x;
-        if (nx < 8 && b + stride <= top) continue;
-        float vec[8];
-#if VEC_AVX2
-        float in[8] = {0};
+        if (nx < 16 && b + stride <= top) continue;
+        float vec[16], vec16[16];
+        float in[16] = {0};
         memcpy(in, xs, nx * sizeof(float));
+#if VEC_AVX2
         _mm256_storeu_ps(vec, exp8(_mm256_loadu_ps(in)));
+        _mm256_storeu_ps(vec + 8, exp8(_mm256_loadu_ps(in + 8)));
+#endif
+#if VEC_AVX512
+        _mm512_storeu_ps(vec16, exp16(_mm512_loadu_ps(in)));
+#else
+        memcpy(vec16, vec, sizeof(vec));
 #endif
         for (int i = 0; i < nx; i++) {
             float s = exp_fast(xs[i]);
@@ -53,7 +59,7 @@ static void exp_range(int sign, float limit, uint32_t stride, long* max_ref, lon
             if (fbits(exp_plain(xs[i])) != fbits(s)) (*plain_diff)++;
             if (e2 > *max_expf) *max_expf = e2;
 #if VEC_AVX2
-            if (fbits(vec[i]) != fbits(s)) (*mismatches)++;
+            if (fbits(vec[i]) != fbits(s) || fbits(vec16[i]) != fbits(s)) (*mismatches)++;
 #endif
             (*count)++;
         }
@@ -77,7 +83,8 @@ static void test_exp(void) {
     skip("exp_fast vs the earlier plain-C exp: this build does not contract to FMAs, so the bits may differ");
 #endif
 #if VEC_AVX2
-    check(mismatches == 0, "exp8 (AVX2/FMA) gives exp_fast's bits on all %ld inputs (%ld differ)", count, mismatches);
+    check(mismatches == 0, "exp8 (AVX2/FMA)%s gives exp_fast's bits on all %ld inputs (%ld differ)",
+          VEC_AVX512 ? " and exp16 (AVX-512)" : "", count, mismatches);
 #else
     skip("exp8: this build has no AVX2/FMA (the scalar path is all there is)");
 #endif
