@@ -20,6 +20,10 @@ static inline void sgemm_rm(int transA, int transB, int M, int N, int K, float a
 }
 
 
+// SwiGLU on rows [0, N) on the calling thread (dense.c; the experts' loop calls them per expert)
+void swiglu_forward_rows(float* out, const float* h13, int N, int f);
+void swiglu_backward_rows(float* dh13, const float* dout, const float* h13, int N, int f);
+
 // the CPU backend's ops (cpu_NAME for each op of model/ops_list.h), defined in dense.c, attention.c, moe.c, optim.c
 #define OP(ret, name, params) ret cpu_##name params;
 #include "../ops_list.h"

@@ -59,8 +59,14 @@ void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dga
     const float* dout = dout_;
     const float* inp = inp_;
     const float* g = gain_;
+    enum { CB = 16 };
+    int blocks = (C + CB - 1) / CB;
+    // one parallel region for both loops (they read the same inputs and write different outputs): one wake-up of
+    // the threads instead of two
+    #pragma omp parallel
+    {
     // dx_i = r (g_i dy_i) - r^3 x_i mean_j(g_j dy_j x_j)
-    #pragma omp parallel for
+    #pragma omp for nowait
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * in_stride;
         const float* dy = dout + (size_t)n * C;
@@ -72,11 +78,13 @@ void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dga
         if (accumulate) for (int c = 0; c < C; c++) dx[c] += r * g[c] * dy[c] - k * x[c];
         else            for (int c = 0; c < C; c++) dx[c]  = r * g[c] * dy[c] - k * x[c];
     }
+    // (were dinp one of the inputs, the gain's sums would have to wait for every row of it)
+    if (dinp_ == dout_ || dinp_ == inp_) {
+        #pragma omp barrier
+    }
     // dgain_c += sum_n dy x r: each column's sum runs over the rows in order (whatever the threads); blocks of 16
     // columns go to the threads, and a block's sums advance together row by row (contiguous loads, vector lanes)
-    enum { CB = 16 };
-    int blocks = (C + CB - 1) / CB;
-    #pragma omp parallel for
+    #pragma omp for
     for (int blk = 0; blk < blocks; blk++) {
         int c0 = blk * CB, nc = C - c0 < CB ? C - c0 : CB;
         double s[CB] = {0};
@@ -87,6 +95,7 @@ void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dga
             for (int j = 0; j < nc; j++) s[j] += (double)dy[j] * x[j] * r;
         }
         for (int j = 0; j < nc; j++) dgain[c0 + j] += (float)s[j];
+    }
     }
 }
 
@@ -120,10 +129,8 @@ void cpu_add_inplace(void* x_, const void* y_, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
-void cpu_swiglu_forward(void* out_, const void* h13_, int N, int f) {
-    float* out = out_;
-    const float* h13 = h13_;
-    #pragma omp parallel for
+// rows [0, N) of the SwiGLU, on the calling thread (the experts call these inside their own parallel loop)
+void swiglu_forward_rows(float* out, const float* h13, int N, int f) {
     for (int n = 0; n < N; n++) {
         const float* a = h13 + (size_t)n * 2 * f;  // gate (W1)
         const float* b = a + f;                    // up (W3)
@@ -132,11 +139,7 @@ void cpu_swiglu_forward(void* out_, const void* h13_, int N, int f) {
     }
 }
 
-void cpu_swiglu_backward(void* dh13_, const void* dout_, const void* h13_, int N, int f) {
-    float* dh13 = dh13_;
-    const float* dout = dout_;
-    const float* h13 = h13_;
-    #pragma omp parallel for
+void swiglu_backward_rows(float* dh13, const float* dout, const float* h13, int N, int f) {
     for (int n = 0; n < N; n++) {
         const float* a = h13 + (size_t)n * 2 * f;
         const float* b = a + f;
@@ -150,6 +153,25 @@ void cpu_swiglu_backward(void* dh13_, const void* dout_, const void* h13_, int N
             db[j] = dy[j] * silu;
         }
     }
+}
+
+// blocks of 16 rows over the threads
+void cpu_swiglu_forward(void* out_, const void* h13_, int N, int f) {
+    float* out = out_;
+    const float* h13 = h13_;
+    #pragma omp parallel for
+    for (int n0 = 0; n0 < N; n0 += 16)
+        swiglu_forward_rows(out + (size_t)n0 * f, h13 + (size_t)n0 * 2 * f, N - n0 < 16 ? N - n0 : 16, f);
+}
+
+void cpu_swiglu_backward(void* dh13_, const void* dout_, const void* h13_, int N, int f) {
+    float* dh13 = dh13_;
+    const float* dout = dout_;
+    const float* h13 = h13_;
+    #pragma omp parallel for
+    for (int n0 = 0; n0 < N; n0 += 16)
+        swiglu_backward_rows(dh13 + (size_t)n0 * 2 * f, dout + (size_t)n0 * f, h13 + (size_t)n0 * 2 * f,
+                             N - n0 < 16 ? N - n0 : 16, f);
 }
 
 // ----------------------------------------------------------------------------

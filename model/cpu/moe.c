@@ -194,7 +194,7 @@ void cpu_moe_experts_forward(void* ye_, void* h13_, void* hact_, const void* xe_
         const float* W13 = w13 + (size_t)e * 2 * f * d;
         const float* W2 = w2 + (size_t)e * d * f;
         sgemm_rm(0, 1, n, 2 * f, d, 1.0f, xe + (size_t)r0 * d, d, W13, d, 0.0f, h13 + (size_t)r0 * 2 * f, 2 * f);
-        cpu_swiglu_forward(hact + (size_t)r0 * f, h13 + (size_t)r0 * 2 * f, n, f);
+        swiglu_forward_rows(hact + (size_t)r0 * f, h13 + (size_t)r0 * 2 * f, n, f);
         sgemm_rm(0, 1, n, d, f, 1.0f, hact + (size_t)r0 * f, f, W2, f, 0.0f, ye + (size_t)r0 * d, d);
     }
 }
@@ -216,7 +216,7 @@ void cpu_moe_experts_backward(void* dxe_, float* dw13, float* dw2, void* dh13_, 
         // through W2: dhact = dY W2 ; dW2 += dY^T hact
         sgemm_rm(0, 0, n, f, d, 1.0f, dY, d, W2, f, 0.0f, dH, f);
         sgemm_rm(1, 0, d, f, n, 1.0f, dY, d, hact + (size_t)r0 * f, f, 1.0f, dw2 + (size_t)e * d * f, f);
-        cpu_swiglu_backward(dH13, dH, h13 + (size_t)r0 * 2 * f, n, f);
+        swiglu_backward_rows(dH13, dH, h13 + (size_t)r0 * 2 * f, n, f);
         // through W13: dxe = dH13 W13 ; dW13 += dH13^T xe
         sgemm_rm(0, 0, n, d, 2 * f, 1.0f, dH13, 2 * f, W13, d, 0.0f, dxe + (size_t)r0 * d, d);
         sgemm_rm(1, 0, 2 * f, d, n, 1.0f, dH13, 2 * f, xe + (size_t)r0 * d, d, 1.0f, dw13 + (size_t)e * 2 * f * d, d);
