@@ -103,13 +103,13 @@ void cpu_rmsnorm_backward(void* dinp_, int in_stride, int accumulate, float* dga
 // matmul: out = inp w^T
 
 void cpu_matmul_forward(void* out, const void* inp, const void* w, int N, int C, int OC) {
-    sgemm_rm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
+    sgemm_par(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
 }
 
 void cpu_matmul_backward(void* dinp, int accumulate, float* dw, const void* dout, const void* inp, const void* w,
                          int N, int C, int OC) {
-    if (dinp) sgemm_rm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, accumulate ? 1.0f : 0.0f, dinp, C);
-    sgemm_rm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    if (dinp) sgemm_par(0, 0, N, C, OC, 1.0f, dout, OC, w, C, accumulate ? 1.0f : 0.0f, dinp, C);
+    sgemm_par(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
 }
 
 // ----------------------------------------------------------------------------

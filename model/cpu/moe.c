@@ -8,8 +8,8 @@
 // Top-K of v[e] = s[e] + bias[e] over e = 0..E-1 into chosen (K, sorted by value, descending), best (their values):
 // one pass keeping the best K so far; a later expert must beat a value strictly, so ties go to the lower expert id.
 // After the first K, an expert enters only if it beats the current K-th value, which only grows: eight experts
-// at a time are compared with it in vector lanes, and only a block with a candidate is walked one by one (the
-// same insertions, in the same order, as walking every expert).
+// at a time are compared with it in vector lanes, and only those that beat it are walked one by one (the same
+// insertions, in the same order, as walking every expert).
 static void router_topk(int* chosen, float* best, const float* s, const float* bias, int E, int K) {
     int cnt = 0, e = 0;
     for (; e < E && cnt < K; e++) {
@@ -20,24 +20,25 @@ static void router_topk(int* chosen, float* best, const float* s, const float* b
         chosen[j] = e;
     }
     for (; e < E; ) {
+        // the experts of this block that beat the K-th value as it stands at the block's start (all 8 without AVX2)
         int end = e + 8 <= E ? e + 8 : E;
+        unsigned mask = (1u << (end - e)) - 1;
 #if VEC_AVX2
         if (end == e + 8) {
             __m256 v8 = _mm256_add_ps(_mm256_loadu_ps(s + e), _mm256_loadu_ps(bias + e));
-            if (_mm256_movemask_ps(_mm256_cmp_ps(v8, _mm256_set1_ps(best[K - 1]), _CMP_GT_OQ)) == 0) {
-                e = end;
-                continue;
-            }
+            mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v8, _mm256_set1_ps(best[K - 1]), _CMP_GT_OQ));
         }
 #endif
-        for (; e < end; e++) {
-            float v = s[e] + bias[e];
+        for (; mask; mask &= mask - 1) {  // in expert order; each still has to beat the K-th value of its turn
+            int x = e + __builtin_ctz(mask);
+            float v = s[x] + bias[x];
             if (!(v > best[K - 1])) continue;
             int j = K - 1;
             while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
             best[j] = v;
-            chosen[j] = e;
+            chosen[j] = x;
         }
+        e = end;
     }
 }
 
@@ -45,7 +46,7 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
                             const float* bias, MoeShape shape, float routed_scale) {
     int N = shape.B * shape.T, d = shape.d, E = shape.E, K = shape.K;
     // logits (N,E) in fp32, then the sigmoid in place
-    sgemm_rm(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
+    sgemm_par(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         float* s = scores + (size_t)n * E;
@@ -134,8 +135,8 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
         free(count);
     }
     // dx += dlogits W ; dW += dlogits^T x
-    sgemm_rm(0, 0, N, d, E, 1.0f, dscores, E, w_router, d, 1.0f, dx, d);
-    sgemm_rm(1, 0, E, d, N, 1.0f, dscores, E, x, d, 1.0f, dw_router, d);
+    sgemm_par(0, 0, N, d, E, 1.0f, dscores, E, w_router, d, 1.0f, dx, d);
+    sgemm_par(1, 0, E, d, N, 1.0f, dscores, E, x, d, 1.0f, dw_router, d);
 }
 
 // ----------------------------------------------------------------------------

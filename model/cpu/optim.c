@@ -73,11 +73,11 @@ static void newton_schulz_one(float* x, int rows, int cols, const float* coeffs,
     }
     for (int s = 0; s < steps; s++) {
         float a = coeffs[3 * s], b = coeffs[3 * s + 1], c = coeffs[3 * s + 2];
-        sgemm_rm(0, 1, n, n, m, 1.0f, X, m, X, m, 0.0f, A, n);      // A = X X^T
+        sgemm_par(0, 1, n, n, m, 1.0f, X, m, X, m, 0.0f, A, n);      // A = X X^T
         memcpy(Bm, A, (size_t)n * n * sizeof(float));
-        sgemm_rm(0, 0, n, n, n, c, A, n, A, n, b, Bm, n);           // B = b A + c A A
+        sgemm_par(0, 0, n, n, n, c, A, n, A, n, b, Bm, n);           // B = b A + c A A
         for (size_t i = 0; i < nm; i++) Y[i] = a * X[i];
-        sgemm_rm(0, 0, n, m, n, 1.0f, Bm, n, X, m, 1.0f, Y, m);     // Y = a X + B X
+        sgemm_par(0, 0, n, m, n, 1.0f, Bm, n, X, m, 1.0f, Y, m);     // Y = a X + B X
         float* t = X; X = Y; Y = t;
     }
     if (tr) {
@@ -107,7 +107,7 @@ void cpu_newton_schulz(float* x, int batch, int rows, int cols, const float* coe
             free(work);
         }
     } else {
-        // a few large matrices: one at a time, BLAS uses the threads
+        // a few large matrices: one at a time, each product split over the threads (sgemm_par)
         float* work = xmalloc(work_n * sizeof(float));
         for (int b = 0; b < batch; b++) newton_schulz_one(x + b * mat, rows, cols, coeffs, steps, work);
         free(work);
