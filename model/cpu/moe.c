@@ -74,6 +74,8 @@ void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeSh
     {
         double* P = xmalloc((size_t)E * sizeof(double));
         int* count = xmalloc((size_t)E * sizeof(int));
+        float* ones = xmalloc((size_t)E * sizeof(float));
+        for (int e = 0; e < E; e++) ones[e] = 1.0f;
         #pragma omp for
         for (int b = 0; b < B; b++) {
             memset(count, 0, E * sizeof(int));
@@ -81,8 +83,7 @@ void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeSh
             for (int t = 0; t < T; t++) {
                 size_t n = (size_t)b * T + t;
                 const float* s = scores + n * E;
-                double ssum = 0.0;
-                for (int e = 0; e < E; e++) ssum += s[e];
+                double ssum = row_dot(s, ones, E);
                 for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
                 for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
             }
@@ -92,11 +93,41 @@ void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeSh
         }
         free(P);
         free(count);
+        free(ones);
     }
     double total = 0.0;
     for (int b = 0; b < B; b++) total += seq_loss[b];
     free(seq_loss);
     *aux += (float)(total / B);
+}
+
+// *S = sum_e s[e] and *fs = sum_e f_scale count[e] s[e], in double, 8 lanes (element e in lane e % 8, as vec.h's
+// row kernels): a token's sums over its E scores without one long chain of dependent adds
+static void lane_sums(double* S, double* fs, const float* s, const int* count, double f_scale, int E) {
+    double a[8] = {0}, b[8] = {0};
+    int e = 0;
+#if VEC_AVX2
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, fv = _mm256_set1_pd(f_scale);
+    for (; e + 8 <= E; e += 8) {
+        __m256d s0 = _mm256_cvtps_pd(_mm_loadu_ps(s + e)), s1 = _mm256_cvtps_pd(_mm_loadu_ps(s + e + 4));
+        __m256d c0 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(count + e)));
+        __m256d c1 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(count + e + 4)));
+        a0 = _mm256_add_pd(a0, s0);
+        a1 = _mm256_add_pd(a1, s1);
+        b0 = _mm256_fmadd_pd(_mm256_mul_pd(fv, c0), s0, b0);
+        b1 = _mm256_fmadd_pd(_mm256_mul_pd(fv, c1), s1, b1);
+    }
+    _mm256_storeu_pd(a, a0);
+    _mm256_storeu_pd(a + 4, a1);
+    _mm256_storeu_pd(b, b0);
+    _mm256_storeu_pd(b + 4, b1);
+#endif
+    for (; e < E; e++) {
+        a[e % 8] += s[e];
+        b[e % 8] += f_scale * count[e] * s[e];
+    }
+    *S = lanes8_sum(a);
+    *fs = lanes8_sum(b);
 }
 
 void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
@@ -120,7 +151,7 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
                 float* ds = dscores + n * E;
                 // balance loss: d/ds_j of sum_i f_i s_i / S  =  f_j / S - (sum_i f_i s_i) / S^2
                 double S = 0.0, fs = 0.0;
-                for (int e = 0; e < E; e++) { S += s[e]; fs += fscale * count[e] * s[e]; }
+                lane_sums(&S, &fs, s, count, fscale, E);
                 for (int e = 0; e < E; e++) ds[e] = (float)(bal * (fscale * count[e] / S - fs / (S * S)));
                 // gates g_k = c s_k / S_sel:  ds_j += (c / S_sel) (dg_j - sum_k dg_k s_k / S_sel)
                 const int* ch = sel + n * K;
