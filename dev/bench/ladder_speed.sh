@@ -5,6 +5,8 @@
 #
 #   bash dev/bench/ladder_speed.sh OLD_BINARY NEW_BINARY
 #   MODELS="k2-l1 k2-l3 k2-nano" OPTIMS="adamw muon" ROUNDS=3 STEPS=30 SKIP=5 THREADS=2 bash dev/bench/ladder_speed.sh A B
+#   WAIT_QUIET=30 bash dev/bench/ladder_speed.sh A B   # before each old/new pair, wait up to 30 s for a quiet second
+#   PEAK=237.7 bash dev/bench/ladder_speed.sh A B       # the MFU peak given (a busy machine measures it low)
 #
 # Default batch (8 x 256), a synthetic shard (vocab 4096, seed 1), no validation, samples or checkpoints. MFU is
 # flops_per_token x tokens/s over the sgemm peak that NEW_BINARY measures once at the start (a 1024^3 OpenBLAS
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=${1:?usage: dev/bench/ladder_speed.sh OLD_BINARY NEW_BINARY}; B=${2:?usage: dev/bench/ladder_speed.sh OLD_BINARY NEW_BINARY}
 MODELS=${MODELS:-k2-l1 k2-l3 k2-nano}; OPTIMS=${OPTIMS:-adamw muon}
-ROUNDS=${ROUNDS:-3}; STEPS=${STEPS:-30}; SKIP=${SKIP:-5}; THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}; STEPS=${STEPS:-30}; SKIP=${SKIP:-5}; THREADS=${THREADS:-2}; WAIT_QUIET=${WAIT_QUIET:-0}
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/train_moe_ladder.XXXXXX); trap 'rm -rf "$TMP"' EXIT
 $PY data/shard_tool.py write "$TMP/train_0.bin" --random 400000 --vocab 4096 --seed 1 > /dev/null
@@ -31,14 +33,20 @@ busy() {  # percent of all CPUs busy over the next second (everyone's work)
 COMMON=(--threads "$THREADS" --steps "$STEPS" --train-data "$TMP/train_0.bin" --val-data '' --sample-every 0
         --ckpt-every 0 --tokenizer /nonexistent)
 echo "machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $THREADS threads, $(busy)% busy before"
-"$B" --model k2-l1 "${COMMON[@]}" --steps 1 --out "$TMP/peak" > /dev/null
-PEAK=$($PY -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["peak_gflops"])' "$TMP/peak/log.jsonl")
-echo "sgemm peak (1024^3, $THREADS threads, measured by $B): $PEAK GFLOP/s"
+if [ -n "${PEAK:-}" ]; then
+    echo "sgemm peak: $PEAK GFLOP/s (given by PEAK)"
+else
+    "$B" --model k2-l1 "${COMMON[@]}" --steps 1 --out "$TMP/peak" > /dev/null
+    PEAK=$($PY -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["peak_gflops"])' "$TMP/peak/log.jsonl")
+    echo "sgemm peak (1024^3, $THREADS threads, measured by $B): $PEAK GFLOP/s"
+fi
 
 : > "$TMP/results.tsv"
 for model in $MODELS; do
     for optim in $OPTIMS; do
         for r in $(seq 1 "$ROUNDS"); do
+            waited=0
+            while [ "$waited" -lt "$WAIT_QUIET" ] && [ "$(busy)" -gt 10 ]; do waited=$((waited + 1)); done
             for which in A B; do
                 bin=$A; [ $which = B ] && bin=$B
                 rm -rf "$TMP/run"
@@ -51,7 +59,7 @@ steps = sorted((r for r in recs if r.get("type") == "step" and r["step"] > int(s
 mid = steps[len(steps) // 2]
 print("\t".join([sys.argv[3], sys.argv[4], sys.argv[5], "%.3f" % mid["ms"], "%.1f" % mid["tok_s"], "%.4f" % mid["mfu"]]))
 PY
-                echo "$model $optim round $r $which: $(tail -n 1 "$TMP/results.tsv" | cut -f4) ms/step"
+                echo "$model $optim round $r $which: $(tail -n 1 "$TMP/results.tsv" | cut -f4) ms/step (waited ${waited}s for quiet)"
             done
         done
     done
