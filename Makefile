@@ -93,7 +93,7 @@ LDLIBS += $(CUDA_LIBS)
 # the CUDA tests: the dense/optimizer ops, the attention/MoE ops, and the whole model vs the CPU backend
 CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/tests/test_cuda_model
 
-TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon build/tests/spm_encode $(CUDA_TEST_BINS)
+TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon build/tests/test_vec build/tests/spm_encode $(CUDA_TEST_BINS)
 
 .PHONY: all test test-cuda test-asan asan fuzz fuzz-build data train clean
 all: train_moe

@@ -239,10 +239,15 @@ void acts_free(Acts* a, const Model* m) {
 // ----------------------------------------------------------------------------
 // profiling: each mark closes the running category's interval and opens the next
 
-const char* const prof_names[PROF_N] = {"attention", "expert_gemms", "routing", "other"};
+const char* const prof_names[PROF_N] = {
+    "embedding_fwd", "norms_fwd", "attn_proj_fwd", "attention_fwd", "residual_fwd", "ffn_fwd", "routing_fwd",
+    "expert_gemms_fwd", "lm_head_fwd", "loss_fwd",
+    "embedding_bwd", "norms_bwd", "attn_proj_bwd", "attention_bwd", "residual_bwd", "ffn_bwd", "routing_bwd",
+    "expert_gemms_bwd", "lm_head_bwd", "loss_bwd"};
 
 void model_prof(Model* m, int cat) {
     if (!m->profile) return;
+    if (cat != PROF_NONE && m->prof_backward) cat += PROF_PARTS;
     m->ops->sync();
     double t = wall_seconds();
     if (m->prof_cat != PROF_NONE) m->prof_seconds[m->prof_cat] += t - m->prof_t0;
@@ -270,11 +275,11 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
     a->cur_B = B;
     a->cur_T = T;
     a->has_targets = targets != NULL;
+    m->prof_backward = 0;
+    model_prof(m, PROF_EMBEDDING);
     ops->to_device(a->tokens, tokens, (size_t)N * sizeof(int));
     if (targets) ops->to_device(a->targets, targets, (size_t)N * sizeof(int));
     ops->zero(m->aux_acc, sizeof(float));
-
-    model_prof(m, PROF_OTHER);
     ops->embedding_forward(a->layers[0].x_in, a->tokens, tensor_item(m, m->weights, ops->act_bytes, P_WTE, 0), N, d);
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights* w = &m->lw[l];
@@ -282,25 +287,34 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
         void* x_out = l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x_final;
 
         // --- MLA attention
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_forward(la->h, la->rstd_h, la->x_in, d, w->attn_norm, N, d, c->norm_eps);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_forward(la->cq_pre, la->h, w->wdq, N, d, c->q_lora);
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_forward(la->cq, la->rstd_q, la->cq_pre, c->q_lora, w->q_norm, N, c->q_lora, c->norm_eps);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_forward(la->q, la->cq, w->wuq, N, c->q_lora, H * dqk);
         ops->rope(la->q, N, T, H, H * dqk, dqk, nope, rope, c->rope_theta, 0);
         ops->matmul_forward(la->a, la->h, w->wdkv, N, d, akv);
         ops->rope(la->a, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 0);
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_forward(la->ckv, la->rstd_kv, la->a, akv, w->kv_norm, N, kvl, c->norm_eps);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_forward(la->kv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
         model_prof(m, PROF_ATTENTION);
         ops->attention_forward(la->att, la->lse, m->maxlogit + (size_t)l * H, la->q, la->kv, la->a, mla);
-        model_prof(m, PROF_OTHER);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_forward(la->x_mid, la->att, w->wo, N, H * dv, d);  // the projection, then the residual add
+        model_prof(m, PROF_RESIDUAL);
         ops->add_inplace(la->x_mid, la->x_in, (size_t)N * d);
 
         // --- FFN: dense SwiGLU, or shared expert + routed experts
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_forward(la->h2, la->rstd_h2, la->x_mid, d, w->ffn_norm, N, d, c->norm_eps);
         int moe = l >= c->n_dense_layers;
         int fw = moe ? c->moe_hidden : c->dense_hidden;
+        model_prof(m, PROF_FFN);
         ops->matmul_forward(la->h13, la->h2, w->w13, N, d, 2 * fw);
         ops->swiglu_forward(la->hact, la->h13, N, fw);
         ops->matmul_forward(la->ffn_out, la->hact, w->w2, N, fw, d);
@@ -314,15 +328,18 @@ void model_forward(Model* m, Acts* a, const int* tokens, const int* targets, int
             ops->moe_gather(la->xe, la->h2, la->token_of, N * K, d);
             experts_forward(m, a, la, w);  // ye: the experts' outputs, wherever the experts are
             ops->moe_combine_forward(la->ffn_out, la->ye, la->gates, la->row_of, moe_shape);
-            model_prof(m, PROF_OTHER);
         }
+        model_prof(m, PROF_RESIDUAL);
         ops->add(x_out, la->x_mid, la->ffn_out, (size_t)N * d);
     }
+    model_prof(m, PROF_NORMS);
     ops->rmsnorm_forward(a->xf, a->rstd_f, a->x_final, d, tensor_item(m, m->weights, ops->act_bytes, P_FINAL_NORM, 0),
                          N, d, c->norm_eps);
+    model_prof(m, PROF_LM_HEAD);
     ops->matmul_forward(a->logits, a->xf, tensor_item(m, m->weights, ops->act_bytes, P_LM_HEAD, 0), N, d, c->vocab_size);
 
     if (targets) {
+        model_prof(m, PROF_LOSS);
         ops->crossentropy_forward(a->losses, a->logits, a->targets, N, c->vocab_size);
         float* losses = xmalloc((size_t)N * sizeof(float));
         ops->to_host(losses, a->losses, (size_t)N * sizeof(float));
@@ -352,10 +369,13 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
     size_t ab = ops->act_bytes;
 
     // loss = mean over rows of cross-entropy: each row's dloss is loss_scale / N
-    model_prof(m, PROF_OTHER);
+    m->prof_backward = 1;
+    model_prof(m, PROF_LOSS);
     ops->crossentropy_backward(a->logits, a->logits, a->targets, loss_scale / N, N, V);
+    model_prof(m, PROF_LM_HEAD);
     ops->matmul_backward(g->dn, 0, tensor_item(m, m->grads, sizeof(float), P_LM_HEAD, 0), a->logits, a->xf,
                          tensor_item(m, m->weights, ab, P_LM_HEAD, 0), N, d, V);
+    model_prof(m, PROF_NORMS);
     ops->rmsnorm_backward(g->dx, d, 0, tensor_item(m, m->grads, sizeof(float), P_FINAL_NORM, 0), g->dn, a->x_final,
                           tensor_item(m, m->weights, ab, P_FINAL_NORM, 0), a->rstd_f, N, d);
 
@@ -367,6 +387,7 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
         int fw = moe ? c->moe_hidden : c->dense_hidden;
 
         // --- FFN. dx is d loss / d x_out; it is also the gradient of ffn_out and, through the residual, of x_mid.
+        model_prof(m, PROF_FFN);
         ops->matmul_backward(g->dhact, 0, wg->w2, g->dx, la->hact, w->w2, N, fw, d);
         ops->swiglu_backward(g->dh13, g->dhact, la->h13, N, fw);
         ops->matmul_backward(g->dn, 0, wg->w13, g->dh13, la->h2, w->w13, N, d, 2 * fw);
@@ -378,28 +399,36 @@ void model_backward(Model* m, Acts* a, float loss_scale) {
             BalanceGrad bal = balance_grad(B, T, E, K, m->balance_alpha, loss_scale);
             ops->moe_router_backward(g->dn, wg->router, g->dscores, g->dgates, la->scores, la->sel, la->h2, w->router,
                                      moe_shape, c->routed_scale, bal);
-            model_prof(m, PROF_OTHER);
         }
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_backward(g->dx, d, 1, wg->ffn_norm, g->dn, la->x_mid, w->ffn_norm, la->rstd_h2, N, d);
 
         // --- attention. dx is now d loss / d x_mid.
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_backward(g->datt, 0, wg->wo, g->dx, la->att, w->wo, N, H * dv, d);
         model_prof(m, PROF_ATTENTION);
         ops->attention_backward(g->dq, g->dkv, g->da, g->datt, la->q, la->kv, la->a, la->att, la->lse, mla);
-        model_prof(m, PROF_OTHER);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->rope(g->dq, N, T, H, H * dqk, dqk, nope, rope, c->rope_theta, 1);
         ops->rope(g->da, N, T, 1, akv, 0, kvl, rope, c->rope_theta, 1);
         ops->matmul_backward(g->dckv, 0, wg->wukv, g->dkv, la->ckv, w->wukv, N, kvl, H * (nope + dv));
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_backward(g->da, akv, 0, wg->kv_norm, g->dckv, la->a, w->kv_norm, la->rstd_kv, N, kvl);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_backward(g->dcq, 0, wg->wuq, g->dq, la->cq, w->wuq, N, c->q_lora, H * dqk);
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_backward(g->dcq_pre, c->q_lora, 0, wg->q_norm, g->dcq, la->cq_pre, w->q_norm, la->rstd_q, N,
                               c->q_lora);
+        model_prof(m, PROF_ATTN_PROJ);
         ops->matmul_backward(g->dn, 0, wg->wdq, g->dcq_pre, la->h, w->wdq, N, d, c->q_lora);
         ops->matmul_backward(g->dn, 1, wg->wdkv, g->da, la->h, w->wdkv, N, d, akv);
+        model_prof(m, PROF_NORMS);
         ops->rmsnorm_backward(g->dx, d, 1, wg->attn_norm, g->dn, la->x_in, w->attn_norm, la->rstd_h, N, d);
     }
+    model_prof(m, PROF_EMBEDDING);
     ops->embedding_backward(tensor_item(m, m->grads, sizeof(float), P_WTE, 0), g->dx, a->tokens, N, d);
     model_prof(m, PROF_NONE);
+    m->prof_backward = 0;
 }
 
 // ----------------------------------------------------------------------------

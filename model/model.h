@@ -115,8 +115,23 @@ typedef struct {
     int cur_B, cur_T, has_targets;
 } Acts;
 
-// Where a step's time goes (--profile): the categories the forward/backward marks as it runs.
-enum { PROF_ATTENTION, PROF_EXPERTS, PROF_ROUTING, PROF_OTHER, PROF_N, PROF_NONE = PROF_N };
+// Where a step's time goes (--profile): the parts of the model the forward/backward marks as it runs, each timed
+// apart in the forward and in the backward (prof_names: PART_fwd for the first PROF_PARTS, then PART_bwd).
+enum {
+    PROF_EMBEDDING,  // token embedding (and the tokens' copy to the backend)
+    PROF_NORMS,      // every RMSNorm: attention, q/kv latents, FFN, final
+    PROF_ATTN_PROJ,  // MLA's projections (wdq, wuq, wdkv, wukv, wo) and RoPE
+    PROF_ATTENTION,  // causal softmax attention
+    PROF_RESIDUAL,   // residual adds
+    PROF_FFN,        // dense SwiGLU FFN, or the MoE layer's shared expert
+    PROF_ROUTING,    // router, balance loss, dispatch, gather, combine (and the all-to-all)
+    PROF_EXPERTS,    // the routed experts' grouped GEMMs
+    PROF_LM_HEAD,    // logits = xf lm_head^T
+    PROF_LOSS,       // softmax cross-entropy and the loss's mean
+    PROF_PARTS,
+    PROF_N = 2 * PROF_PARTS,
+    PROF_NONE = PROF_N
+};
 extern const char* const prof_names[PROF_N];
 
 typedef struct {
@@ -148,7 +163,8 @@ typedef struct {
     // boundary, so on a GPU the times are exact and the run a little slower)
     int profile;
     double prof_seconds[PROF_N];
-    int prof_cat;           // category being timed (PROF_NONE: none)
+    int prof_cat;           // category being timed, PROF_PARTS further on in the backward (PROF_NONE: none)
+    int prof_backward;      // 1 inside model_backward: marks count as the part's backward time
     double prof_t0;
 } Model;
 

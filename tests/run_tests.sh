@@ -31,6 +31,9 @@ fi
 # Muon's Newton-Schulz (spectrum, singular vectors, batching) and QK-Clip
 run muon ./build/tests/test_muon
 
+# the CPU backend's exp (scalar and AVX2, against exp over its whole range) and softmax row kernels (model/cpu/vec.h)
+run "vector math" ./build/tests/test_vec
+
 # whole model vs the float64 PyTorch reference: the default small config, and K2's routing shape (384 experts, top-8)
 if $PY -c 'import torch, numpy' 2>/dev/null; then
     # parity NAME REFERENCE_ARGS...: the reference writes a debug state, the C model must match it

@@ -5,28 +5,55 @@
 // ----------------------------------------------------------------------------
 // router
 
+// Top-K of v[e] = s[e] + bias[e] over e = 0..E-1 into chosen (K, sorted by value, descending), best (their values):
+// one pass keeping the best K so far; a later expert must beat a value strictly, so ties go to the lower expert id.
+// After the first K, an expert enters only if it beats the current K-th value, which only grows: eight experts
+// at a time are compared with it in vector lanes, and only those that beat it are walked one by one (the same
+// insertions, in the same order, as walking every expert).
+static void router_topk(int* chosen, float* best, const float* s, const float* bias, int E, int K) {
+    int cnt = 0, e = 0;
+    for (; e < E && cnt < K; e++) {
+        float v = s[e] + bias[e];
+        int j = cnt++;
+        while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
+        best[j] = v;
+        chosen[j] = e;
+    }
+    for (; e < E; ) {
+        // the experts of this block that beat the K-th value as it stands at the block's start (all 8 without AVX2)
+        int end = e + 8 <= E ? e + 8 : E;
+        unsigned mask = (1u << (end - e)) - 1;
+#if VEC_AVX2
+        if (end == e + 8) {
+            __m256 v8 = _mm256_add_ps(_mm256_loadu_ps(s + e), _mm256_loadu_ps(bias + e));
+            mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v8, _mm256_set1_ps(best[K - 1]), _CMP_GT_OQ));
+        }
+#endif
+        for (; mask; mask &= mask - 1) {  // in expert order; each still has to beat the K-th value of its turn
+            int x = e + __builtin_ctz(mask);
+            float v = s[x] + bias[x];
+            if (!(v > best[K - 1])) continue;
+            int j = K - 1;
+            while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
+            best[j] = v;
+            chosen[j] = x;
+        }
+        e = end;
+    }
+}
+
 void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x, const void* w_router,
                             const float* bias, MoeShape shape, float routed_scale) {
     int N = shape.B * shape.T, d = shape.d, E = shape.E, K = shape.K;
     // logits (N,E) in fp32, then the sigmoid in place
-    sgemm_rm(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
+    sgemm_par(0, 1, N, E, d, 1.0f, x, d, w_router, d, 0.0f, scores, E);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         float* s = scores + (size_t)n * E;
         for (int e = 0; e < E; e++) s[e] = sigmoid_fast(s[e]);
-        // top-K of s + bias in one pass, keeping the best K so far sorted by value (descending); a later expert
-        // must beat a value strictly, so ties go to the lower expert id
         int* chosen = sel + (size_t)n * K;
         float best[64];
-        int cnt = 0;
-        for (int e = 0; e < E; e++) {
-            float v = s[e] + bias[e];
-            if (cnt == K && !(v > best[K - 1])) continue;
-            int j = cnt < K ? cnt++ : K - 1;
-            while (j > 0 && v > best[j - 1]) { best[j] = best[j - 1]; chosen[j] = chosen[j - 1]; j--; }
-            best[j] = v;
-            chosen[j] = e;
-        }
+        router_topk(chosen, best, s, bias, E, K);
         // ascending expert order: the combine then sums in a fixed order whatever the scores were
         for (int i = 1; i < K; i++)
             for (int j = i; j > 0 && chosen[j - 1] > chosen[j]; j--) {
@@ -41,27 +68,66 @@ void cpu_moe_router_forward(float* scores, int* sel, float* gates, const void* x
 // f_i = E/(K T) * (choices of expert i in the sequence), P_i = mean over the sequence of s_i / sum_j s_j
 void cpu_moe_balance_loss(float* aux, const float* scores, const int* sel, MoeShape shape, float alpha) {
     int B = shape.B, T = shape.T, E = shape.E, K = shape.K;
-    double total = 0.0;
-    double* P = xmalloc((size_t)E * sizeof(double));
-    int* count = xmalloc((size_t)E * sizeof(int));
-    for (int b = 0; b < B; b++) {
-        memset(count, 0, E * sizeof(int));
-        for (int e = 0; e < E; e++) P[e] = 0.0;
-        for (int t = 0; t < T; t++) {
-            size_t n = (size_t)b * T + t;
-            const float* s = scores + n * E;
-            double ssum = 0.0;
-            for (int e = 0; e < E; e++) ssum += s[e];
-            for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
-            for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
+    double* seq_loss = xmalloc((size_t)B * sizeof(double));
+    // one sequence per thread at a time; the sequences' losses are added in order afterwards
+    #pragma omp parallel
+    {
+        double* P = xmalloc((size_t)E * sizeof(double));
+        int* count = xmalloc((size_t)E * sizeof(int));
+        float* ones = xmalloc((size_t)E * sizeof(float));
+        for (int e = 0; e < E; e++) ones[e] = 1.0f;
+        #pragma omp for
+        for (int b = 0; b < B; b++) {
+            memset(count, 0, E * sizeof(int));
+            for (int e = 0; e < E; e++) P[e] = 0.0;
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t;
+                const float* s = scores + n * E;
+                double ssum = row_dot(s, ones, E);
+                for (int e = 0; e < E; e++) P[e] += s[e] / ssum;
+                for (int k = 0; k < K; k++) count[sel[n * K + k]]++;
+            }
+            double l = 0.0;
+            for (int e = 0; e < E; e++) l += ((double)E / ((double)K * T) * count[e]) * (P[e] / T);
+            seq_loss[b] = alpha * l;
         }
-        double l = 0.0;
-        for (int e = 0; e < E; e++) l += ((double)E / ((double)K * T) * count[e]) * (P[e] / T);
-        total += alpha * l;
+        free(P);
+        free(count);
+        free(ones);
     }
-    free(P);
-    free(count);
+    double total = 0.0;
+    for (int b = 0; b < B; b++) total += seq_loss[b];
+    free(seq_loss);
     *aux += (float)(total / B);
+}
+
+// *S = sum_e s[e] and *fs = sum_e f_scale count[e] s[e], in double, 8 lanes (element e in lane e % 8, as vec.h's
+// row kernels): a token's sums over its E scores without one long chain of dependent adds
+static void lane_sums(double* S, double* fs, const float* s, const int* count, double f_scale, int E) {
+    double a[8] = {0}, b[8] = {0};
+    int e = 0;
+#if VEC_AVX2
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, fv = _mm256_set1_pd(f_scale);
+    for (; e + 8 <= E; e += 8) {
+        __m256d s0 = _mm256_cvtps_pd(_mm_loadu_ps(s + e)), s1 = _mm256_cvtps_pd(_mm_loadu_ps(s + e + 4));
+        __m256d c0 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(count + e)));
+        __m256d c1 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(count + e + 4)));
+        a0 = _mm256_add_pd(a0, s0);
+        a1 = _mm256_add_pd(a1, s1);
+        b0 = _mm256_fmadd_pd(_mm256_mul_pd(fv, c0), s0, b0);
+        b1 = _mm256_fmadd_pd(_mm256_mul_pd(fv, c1), s1, b1);
+    }
+    _mm256_storeu_pd(a, a0);
+    _mm256_storeu_pd(a + 4, a1);
+    _mm256_storeu_pd(b, b0);
+    _mm256_storeu_pd(b + 4, b1);
+#endif
+    for (; e < E; e++) {
+        a[e % 8] += s[e];
+        b[e % 8] += f_scale * count[e] * s[e];
+    }
+    *S = lanes8_sum(a);
+    *fs = lanes8_sum(b);
 }
 
 void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const float* dgates, const float* scores,
@@ -85,7 +151,7 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
                 float* ds = dscores + n * E;
                 // balance loss: d/ds_j of sum_i f_i s_i / S  =  f_j / S - (sum_i f_i s_i) / S^2
                 double S = 0.0, fs = 0.0;
-                for (int e = 0; e < E; e++) { S += s[e]; fs += fscale * count[e] * s[e]; }
+                lane_sums(&S, &fs, s, count, fscale, E);
                 for (int e = 0; e < E; e++) ds[e] = (float)(bal * (fscale * count[e] / S - fs / (S * S)));
                 // gates g_k = c s_k / S_sel:  ds_j += (c / S_sel) (dg_j - sum_k dg_k s_k / S_sel)
                 const int* ch = sel + n * K;
@@ -100,8 +166,8 @@ void cpu_moe_router_backward(void* dx, float* dw_router, float* dscores, const f
         free(count);
     }
     // dx += dlogits W ; dW += dlogits^T x
-    sgemm_rm(0, 0, N, d, E, 1.0f, dscores, E, w_router, d, 1.0f, dx, d);
-    sgemm_rm(1, 0, E, d, N, 1.0f, dscores, E, x, d, 1.0f, dw_router, d);
+    sgemm_par(0, 0, N, d, E, 1.0f, dscores, E, w_router, d, 1.0f, dx, d);
+    sgemm_par(1, 0, E, d, N, 1.0f, dscores, E, x, d, 1.0f, dw_router, d);
 }
 
 // ----------------------------------------------------------------------------
@@ -160,7 +226,7 @@ void cpu_moe_experts_forward(void* ye_, void* h13_, void* hact_, const void* xe_
         const float* W13 = w13 + (size_t)e * 2 * f * d;
         const float* W2 = w2 + (size_t)e * d * f;
         sgemm_rm(0, 1, n, 2 * f, d, 1.0f, xe + (size_t)r0 * d, d, W13, d, 0.0f, h13 + (size_t)r0 * 2 * f, 2 * f);
-        cpu_swiglu_forward(hact + (size_t)r0 * f, h13 + (size_t)r0 * 2 * f, n, f);
+        swiglu_forward_rows(hact + (size_t)r0 * f, h13 + (size_t)r0 * 2 * f, n, f);
         sgemm_rm(0, 1, n, d, f, 1.0f, hact + (size_t)r0 * f, f, W2, f, 0.0f, ye + (size_t)r0 * d, d);
     }
 }
@@ -182,7 +248,7 @@ void cpu_moe_experts_backward(void* dxe_, float* dw13, float* dw2, void* dh13_, 
         // through W2: dhact = dY W2 ; dW2 += dY^T hact
         sgemm_rm(0, 0, n, f, d, 1.0f, dY, d, W2, f, 0.0f, dH, f);
         sgemm_rm(1, 0, d, f, n, 1.0f, dY, d, hact + (size_t)r0 * f, f, 1.0f, dw2 + (size_t)e * d * f, f);
-        cpu_swiglu_backward(dH13, dH, h13 + (size_t)r0 * 2 * f, n, f);
+        swiglu_backward_rows(dH13, dH, h13 + (size_t)r0 * 2 * f, n, f);
         // through W13: dxe = dH13 W13 ; dW13 += dH13^T xe
         sgemm_rm(0, 0, n, d, 2 * f, 1.0f, dH13, 2 * f, W13, d, 0.0f, dxe + (size_t)r0 * d, d);
         sgemm_rm(1, 0, 2 * f, d, n, 1.0f, dH13, 2 * f, xe + (size_t)r0 * d, d, 1.0f, dw13 + (size_t)e * 2 * f * d, d);
@@ -220,9 +286,8 @@ void cpu_moe_combine_backward(void* dye_, float* dgates, const void* dy_, const 
             float g = gates[(size_t)n * K + k];
             float* dst = dye + r * d;
             const float* src = ye + r * d;
-            double dot = 0.0;
-            for (int c = 0; c < d; c++) { dst[c] = g * g_up[c]; dot += (double)g_up[c] * src[c]; }
-            dgates[(size_t)n * K + k] = (float)dot;
+            for (int c = 0; c < d; c++) dst[c] = g * g_up[c];
+            dgates[(size_t)n * K + k] = (float)row_dot(g_up, src, d);
         }
     }
 }
