@@ -27,6 +27,12 @@ void spikes_z(const SpikeStats* s, double loss, double norm, double* z_loss, dou
     *z_norm = zscore(s->norm, s->count, norm);
 }
 
+int spikes_verdict(const SpikeStats* s, double loss, double norm, double spike_z, double* z_loss, double* z_norm) {
+    spikes_z(s, loss, norm, z_loss, z_norm);
+    // NaN (no verdict) compares false; an infinite z (a constant window and a higher value) is a spike
+    return spike_z > 0 && (*z_loss > spike_z || *z_norm > spike_z);
+}
+
 void spikes_push(SpikeStats* s, double loss, double norm) {
     s->loss[s->head] = loss;
     s->norm[s->head] = norm;

@@ -18,6 +18,10 @@ typedef struct {
 void spikes_init(SpikeStats* s, int window);
 // z = (x - mean) / std of the window (sample std); NaN while the window holds fewer than SPIKE_MIN_VALUES
 void spikes_z(const SpikeStats* s, double loss, double norm, double* z_loss, double* z_norm);
+// 1 if the step with this (finite) loss and grad norm is a spike at threshold spike_z (0 = never); z_loss and
+// z_norm get its z-scores (NaN: no verdict yet). Depends only on the window and the step's values, so a resumed
+// or replayed run decides the same.
+int spikes_verdict(const SpikeStats* s, double loss, double norm, double spike_z, double* z_loss, double* z_norm);
 void spikes_push(SpikeStats* s, double loss, double norm);
 // 1 if s is a ring spikes_init/spikes_push could have made (window in range, head and count inside it, the
 // values it holds finite); else 0 with the broken invariant in why. A checkpoint's window is checked with it
