@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# tests/test_spikes.sh: the loss-spike lab's trainer side. An injected spike is detected (z-score against the
-# rolling window) and logged with the checkpoint to replay it from, which survives pruning; --skip-spikes keeps it
-# out of the weights; --replay re-runs the steps with full telemetry and the same losses; a NaN gradient never
-# reaches the weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights; with
-# --profile the spike record holds only the event and the time summary counts each step once.
+# tests/test_spikes.sh: the loss-spike lab's trainer side. An injected spike is detected (robust z-score of the
+# loss against the rolling window) and logged with the checkpoint to replay it from, which survives pruning; a
+# clean run through warm-up, whose grad norm has outliers, raises none; --skip-spikes keeps a spike out of the
+# weights; --replay re-runs the steps with full telemetry and the same losses; a NaN gradient never reaches the
+# weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights; with --profile
+# the spike record holds only the event and the time summary counts each step once.
 #
 #   bash tests/test_spikes.sh [WORKDIR]
 . "$(dirname "$0")/lib.sh" spike "$@"
@@ -136,5 +137,43 @@ print("%d spike record(s) with exactly %d fields; %d categories, summary = mean 
 PYEOF
 ) && [ $rc -eq 0 ]; then pass "--profile with a spike at step 25: $msg"
 else fail "--profile with a spike (exit $rc): $msg $(oneline "$P.err")"; fi
+
+# ---- 6. the detector through warm-up (issue 14, 2b): lr 8e-3 with a 31-step warm-up on the structured shard
+# has single-step grad-norm outliers while the loss falls fast (the detector before 2026-12-02, a plain z-score of
+# loss and norm, called step 22 a spike: grad norm 1.65, norm z 10.7, loss z -2.4; and with random targets at step
+# 26 it flagged 27, not 26, whose loss z against the falling window was too small). A clean run raises no spike;
+# the injected one is caught at its own step.
+WARM=(--model k2-l1 --seq-len 64 --batch-size 8 --threads 2 --peak-gflops 100 --tokenizer /nonexistent
+      --train-data "$W/train.bin" --val-data '' --val-every 0 --sample-every 0 --ckpt-every 0
+      --lr 8e-3 --warmup 31 --steps 32 --spike-window 128 --spike-z 6 --overwrite)
+C=$W/warmup
+timeout 120 $BIN "${WARM[@]}" --out "$C" > "$C.out" 2> "$C.err"
+rc=$?
+if msg=$("$PY" - "$C/log.jsonl" <<'PYEOF'
+import json, statistics, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+steps = [r for r in recs if r["type"] == "step"]
+spikes = [r["step"] for r in recs if r["type"] == "spike"]
+norms = [r["grad_norm"] for r in steps]
+# the run still has what the old detector flagged: a grad norm whose plain z against the previous steps is > 6
+def plain_z(i):
+    prev = norms[:i]
+    return (norms[i] - statistics.mean(prev)) / statistics.stdev(prev)
+z, i = max((plain_z(i), i) for i in range(16, len(norms)))
+if len(steps) != 32 or spikes or z <= 6:
+    print("%d steps, spikes at %s, largest plain grad-norm z %.1f (step %d)" % (len(steps), spikes, z, i + 1))
+    sys.exit(1)
+print("32 steps, grad norm %.2f at step %d (plain z %.1f, a spike to the old detector), no spike record" % (norms[i], i + 1, z))
+PYEOF
+) && [ $rc -eq 0 ]; then pass "clean run through warm-up: $msg"
+else fail "clean run through warm-up (exit $rc): $msg $(oneline "$C.err")"; fi
+timeout 120 $BIN "${WARM[@]}" --inject-spike 26 --out "$C.inj" > "$C.inj.out" 2> "$C.inj.err"
+rc=$?
+got=$(grep -o '"type":"spike","step":[0-9]*' "$C.inj/log.jsonl" | sed 's/.*://' | tr '\n' ' ')
+if [ $rc -eq 0 ] && [ "$got" = "26 " ]; then
+    pass "random targets at step 26 of the warm-up: one spike, at 26: $(grep -m1 '"type":"spike"' "$C.inj/log.jsonl" | cut -c1-120)"
+else
+    fail "random targets at step 26 of the warm-up (exit $rc): spikes at '$got' $(oneline "$C.inj.err")"
+fi
 
 finish

@@ -101,7 +101,7 @@ const FlagSpec flag_specs[] = {
     {"--max-bad-steps", F_INT, FIELD(max_bad_steps), "5", 1, MAX_COUNT, NULL, 0,
      "stop (with a checkpoint) after this many non-finite steps in a row"},
     {"--spike-z", F_FLOAT, FIELD(spike_z), "6", 0, NONE_HI, NULL, 0,
-     "loss / grad-norm z-score that marks a spike (0 = no detection)"},
+     "a loss this many noise sigmas above its recent level is a spike (robust z: train/spikes.h; 0 = off)"},
     {"--spike-window", F_INT, FIELD(spike_window), "128", 2, SPIKE_MAX_WINDOW, NULL, 0,
      "steps in the spike detector's rolling window (<= 1024)"},
     {"--skip-spikes", F_BOOL, FIELD(skip_spikes), NULL, 0, 0, NULL, 0,

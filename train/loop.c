@@ -162,10 +162,7 @@ static void step_verdict(Run* r, StepStats* s) {
     s->finite = isfinite(s->loss) && isfinite(s->norm);
     s->z_loss = NAN;
     s->z_norm = NAN;
-    if (s->finite) spikes_z(&r->st.spikes, s->loss, s->norm, &s->z_loss, &s->z_norm);
-    s->spike = s->finite && f->spike_z > 0 &&
-               ((isfinite(s->z_loss) && s->z_loss > f->spike_z) || (isfinite(s->z_norm) && s->z_norm > f->spike_z) ||
-                (s->z_loss == INFINITY) || (s->z_norm == INFINITY));
+    s->spike = s->finite && spikes_verdict(&r->st.spikes, s->loss, s->norm, f->spike_z, &s->z_loss, &s->z_norm);
     s->skip_update = !s->finite || (s->spike && f->skip_spikes);
 }
 
