@@ -451,10 +451,9 @@ def plot_zscores(ax, run):
     drawn |= _finite_plot(ax, x, run.series("norm_z"), color="C3", lw=0.8, label="grad-norm z")
     zt = _num(run.config.get("spike_z"))
     if drawn and math.isfinite(zt) and zt > 0:
-        ax.axhline(zt, color="red", ls="--", lw=1, label=f"spike threshold {zt:g}")
-    if drawn:  # a spike at the larger of its two z-scores
-        _mark_points(ax, run, run.spike_steps(), np.fmax(run.series("loss_z"), run.series("norm_z")), "x", "red",
-                     "spike")
+        ax.axhline(zt, color="red", ls="--", lw=1, label=f"spike threshold {zt:g} (loss z)")
+    if drawn:  # a spike at its loss z: the loss alone decides (train/spikes.c); the grad-norm z is only shown
+        _mark_points(ax, run, run.spike_steps(), run.series("loss_z"), "x", "red", "spike")
     ax.set_xlabel("step")
     ax.set_ylabel("z-score (rolling window)")
     ax.set_title("spike detector z-scores")
