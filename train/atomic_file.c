@@ -4,6 +4,7 @@
 #include "../common.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -46,4 +47,15 @@ void atomic_close(AtomicFile* af) {
     if (fclose(af->f) != 0) fatal("%s: closing %s failed: %s", af->who, af->tmp, strerror(errno));
     if (rename(af->tmp, af->path) != 0) fatal("%s: rename %s -> %s failed: %s", af->who, af->tmp, af->path, strerror(errno));
     fsync_dir_of(af->path);
+}
+
+void mkdir_parents(const char* path) {
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char* p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        mkdir(buf, 0755);
+        *p = '/';
+    }
 }

@@ -22,3 +22,6 @@ void atomic_close(AtomicFile* af);
 // fsync of a directory (after a rename in it), and of the directory a path is in
 void fsync_dir(const char* dir);
 void fsync_dir_of(const char* path);
+// Creates every directory above path (like mkdir -p of its parent), ignoring those that exist; a failure shows
+// when path itself is created or written.
+void mkdir_parents(const char* path);

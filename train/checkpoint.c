@@ -18,15 +18,8 @@ static void path_of(char* out, size_t n, const char* dir, const char* kind, int 
 }
 
 static void ensure_dir(const char* dir) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", dir);
-    for (char* p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        mkdir(buf, 0755);
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) fatal("checkpoint: cannot create directory %s: %s", dir, strerror(errno));
+    mkdir_parents(dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("checkpoint: cannot create directory %s: %s", dir, strerror(errno));
 }
 
 // ---- the model file header: the config, so a checkpoint cannot be loaded into a different model

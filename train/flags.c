@@ -150,6 +150,11 @@ const int num_flags = (int)(sizeof(flag_specs) / sizeof(flag_specs[0]));
 static void* field_of(Flags* f, const FlagSpec* s) { return (char*)f + s->offset; }
 static const void* cfield_of(const Flags* f, const FlagSpec* s) { return (const char*)f + s->offset; }
 
+int flag_given(const Flags* f, const char* name) {
+    const FlagSpec* s = flag_find(name);
+    return s && f->given[s - flag_specs];
+}
+
 const FlagSpec* flag_find(const char* name) {
     for (int i = 0; i < num_flags; i++)
         if (!strcmp(flag_specs[i].name, name)) return &flag_specs[i];
@@ -186,6 +191,7 @@ static int set_value(Flags* f, const FlagSpec* s, const char* val) {
 }
 
 void flags_init(Flags* f) {
+    if (num_flags > FLAGS_MAX) fatal("flags: the table has %d rows, Flags.given holds %d (raise FLAGS_MAX)", num_flags, FLAGS_MAX);
     memset(f, 0, sizeof(*f));
     for (int i = 0; i < num_flags; i++) {
         const FlagSpec* s = &flag_specs[i];
@@ -202,6 +208,7 @@ void flags_parse(Flags* f, int argc, char** argv) {
         for (int j = 0; j < num_flags; j++)
             if (strlen(flag_specs[j].name) == name_len && !strncmp(flag_specs[j].name, arg, name_len)) s = &flag_specs[j];
         if (!s) fatal("unknown flag '%s' (./train_moe --help lists them)", arg);
+        f->given[s - flag_specs] = 1;
         if (s->type == F_BOOL) {
             if (eq) fatal("flag %s takes no value", s->name);
             set_value(f, s, "1");

@@ -4,6 +4,8 @@
 #pragma once
 #include <stddef.h>
 
+#define FLAGS_MAX 96  // rows the flag table may have (flags_init checks)
+
 typedef struct {
     const char* model;        // preset name, or a DeepSeek-V3 config.json path (model/config_json.c)
     const char* device;       // auto | cpu | cuda
@@ -57,6 +59,7 @@ typedef struct {
     int list_models;
     int print_layout;         // print the model file's layout as JSON and exit
     int help;
+    unsigned char given[FLAGS_MAX];  // flags_parse: 1 where flag_specs[i] was on the command line (not a default)
 } Flags;
 
 typedef enum { F_INT, F_LLONG, F_FLOAT, F_STR, F_BOOL } FlagType;
@@ -89,5 +92,8 @@ void flags_check(Flags* f);
 void flags_print_help(void);
 // The flag's value in f as text, exactly (floats with 9 significant digits, NULL strings as "(none)").
 void flag_value_text(const Flags* f, const FlagSpec* s, char* out, size_t n);
+// 1 if the flag was on the command line, 0 if it holds its table default (e.g. --init-from takes the model from
+// its config.json unless --model was given).
+int flag_given(const Flags* f, const char* name);
 // The row of a flag by name ("--seed"), or NULL.
 const FlagSpec* flag_find(const char* name);

@@ -222,17 +222,6 @@ static void remove_export_dir(const char* dir) {
     rmdir(dir);
 }
 
-static void make_parents(const char* path) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char* p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        mkdir(buf, 0755);
-        *p = '/';
-    }
-}
-
 // ----------------------------------------------------------------------------
 // export
 
@@ -264,7 +253,7 @@ void hf_export(const Flags* f, Comm* comm) {
     // everything goes into DIR.tmp-PID first and is renamed into place at the end: a failure leaves no DIR
     char tmp[1024], path[2048];
     snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", dir, (long)getpid());
-    make_parents(tmp);
+    mkdir_parents(tmp);
     if (mkdir(tmp, 0755) != 0) fatal("flag --export-hf: cannot create %s: %s", tmp, strerror(errno));
 
     HfTensor* ht;

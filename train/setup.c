@@ -18,13 +18,6 @@
 // micro-batches per optimizer step: far beyond any sensible accumulation, well inside an int
 #define MAX_GRAD_ACCUM 1000000
 
-// --model given on the command line, or its default from the flag table: flags_init stores the table's own default
-// string, which no command-line value can be (those point into argv)
-static int model_flag_given(const Flags* f) {
-    const FlagSpec* s = flag_find("--model");
-    return !s || f->model != s->def;
-}
-
 void setup_config(Run* r, const Flags* f, Comm* comm) {
     memset(r, 0, sizeof(*r));
     r->flags = f;
@@ -38,7 +31,7 @@ void setup_config(Run* r, const Flags* f, Comm* comm) {
                   "directory, --resume continues one from its checkpoint");
         ModelConfig from_dir;
         hf_read_config(f->init_from, &from_dir);
-        if (model_flag_given(f)) {
+        if (flag_given(f, "--model")) {
             if (!config_from_model_arg(cfg, f->model, why, sizeof(why))) fatal("%s", why);
             // every field but the training context (max_position_embeddings), which no weight depends on: --model's
             // (or --seq-len's) is used

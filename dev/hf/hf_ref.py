@@ -61,14 +61,19 @@ def bf16_to_f32(raw):
     return (u16.astype(np.uint32) << 16).view(np.float32)
 
 
+def read_bytes(path):
+    """The whole file; a file that cannot be read is an InputError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}")
+
+
 def read_safetensors(path, dtypes=None):
     """{name: float32 ndarray} of one .safetensors file; every structural problem is an InputError naming path.
     dtypes, if given, receives {name: 'F32' | 'BF16'}."""
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}")
+    blob = read_bytes(path)
     if len(blob) < 8:
         raise InputError(f"{path}: {len(blob)} bytes, shorter than the 8-byte header length")
     (n,) = struct.unpack_from("<Q", blob, 0)
@@ -487,11 +492,7 @@ def forward(model, tokens, flips=()):
 # ============================================================================ the trainer's dump and the comparison
 def read_dump(path):
     """(tokens (B, T) int, logits (B, T, V) float64) of a --dump-logits file."""
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}")
+    blob = read_bytes(path)
     if len(blob) < 16:
         raise InputError(f"{path}: {len(blob)} bytes, shorter than the 16-byte header")
     magic, B, T, V = struct.unpack_from("<4i", blob, 0)
