@@ -303,6 +303,7 @@ class Sweep:
         self.calib = {}       # optim -> [measured / predicted wall time] of runs trained here
         self.child = None
         self.save_settings = lambda: None  # main() sets it: writes sweeps/<name>/sweep.json
+        self.entropy = True   # SVD entropies of each final model in result.json (scripts/instability.py: off)
 
     # --- plan
 
@@ -415,7 +416,7 @@ class Sweep:
             if old and "wall_s" in old:
                 res["wall_s"] = old["wall_s"]
         mpath = os.path.join(train_dir, "model_%08d.bin" % steps)
-        if os.path.exists(mpath):
+        if self.entropy and os.path.exists(mpath):
             ent = model_entropies(mpath, trainer_layout(self.trainer_argv(cfg, train_dir)))
             write_json(os.path.join(run_dir, "entropy.json"), ent)
             res["entropy"] = {g: float(group_values(ent, g).mean()) for g in GROUPS if group_values(ent, g).size}
