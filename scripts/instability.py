@@ -368,6 +368,279 @@ def report_lr(study, out_dir):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# part 2: natural spikes, replayed and explained
+
+def robust_z(x, window=32, min_window=16):
+    """z of each x[t] against x[t-window:t]: (x - median) / (1.4826 MAD), the MAD floored at 1e-3 of |median| (a
+    series that sat still must move by more than rounding to score). NaN where fewer than min_window values
+    precede t."""
+    x = np.asarray(x, dtype=np.float64)
+    z = np.full(x.size, np.nan)
+    for t in range(min_window, x.size):
+        ref = x[max(0, t - window):t]
+        ref = ref[np.isfinite(ref)]
+        if ref.size < min_window or not np.isfinite(x[t]):
+            continue
+        med = np.median(ref)
+        mad = 1.4826 * np.median(np.abs(ref - med))
+        z[t] = (x[t] - med) / max(mad, 1e-3 * abs(med), 1e-12)
+    return z
+
+
+def signed_log(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def replay_series(recs):
+    """{name: (steps, values, transform)} of every telemetry series in a replay log's step records. Positive scales
+    (norms, RMS, imbalance) are compared in log; max logits (which can be negative) in signed log."""
+    recs = [r for r in recs if r.get("type") == "step"]
+    steps = np.array([r["step"] for r in recs])
+    out = {}
+
+    def add(name, vals, kind):
+        v = np.array([np.nan if x is None else x for x in vals], dtype=np.float64)
+        if kind == "log":
+            v = np.log(np.where(v > 0, v, np.nan))
+        elif kind == "slog":
+            v = signed_log(v)
+        out[name] = (steps, v, kind)
+
+    add("grad norm", [r.get("grad_norm") for r in recs], "log")
+    if any("muon_update_rms" in r for r in recs):
+        add("Muon update RMS", [r.get("muon_update_rms") for r in recs], "log")
+    nh = max((len(r.get("max_logit_head", [])) for r in recs), default=0)
+    nl = max((len(r.get("max_logit_layer", [])) for r in recs), default=0)
+    per = nh // nl if nl else 0
+    for i in range(nh):
+        add("max logit L%d H%d" % (i // per, i % per) if per else "max logit head %d" % i,
+            [(r.get("max_logit_head") or [None] * nh)[i] for r in recs], "slog")
+    nm = max((len(r.get("load_imbalance", [])) for r in recs), default=0)
+    for i in range(nm):
+        add("load max/mean MoE layer %d" % i, [(r.get("load_imbalance") or [None] * nm)[i] for r in recs], "log")
+        loads = [r.get("expert_load") for r in recs]
+        if all(l for l in loads):
+            E = len(loads[0]) // nm
+            add("experts with tokens, MoE layer %d" % i,
+                [int(np.count_nonzero(np.array(l[i * E:(i + 1) * E]))) for l in loads], "lin")
+    names = sorted({k for r in recs for k in (r.get("update_rms") or {})})
+    for n in names:
+        g = max(len((r.get("update_rms") or {}).get(n, [])) for r in recs)
+        for j in range(g):
+            add("update RMS %s%s" % (n, "[%d]" % j if g > 1 else ""),
+                [((r.get("update_rms") or {}).get(n) or [None] * g)[j] for r in recs], "log")
+    return out
+
+
+def first_movers(series, spike_step, lookback=30, z_thr=6.0, window=32):
+    """Each series' first step in [spike_step - lookback, spike_step] with |robust z| > z_thr: rows sorted by that
+    step (earliest first), then by |z|; with the value's ratio to its median over the window before lookback."""
+    rows = []
+    for name, (steps, v, kind) in series.items():
+        z = robust_z(v, window)
+        idx = np.where((steps >= spike_step - lookback) & (steps <= spike_step) & (np.abs(np.nan_to_num(z)) > z_thr))[0]
+        at = np.where(steps == spike_step)[0]
+        z_at = float(z[at[0]]) if at.size else float("nan")
+        base = v[(steps < spike_step - lookback) & (steps >= spike_step - lookback - window)]
+        base = base[np.isfinite(base)]
+        vs = v[at[0]] if at.size else np.nan
+        if kind == "log":
+            ratio = float(np.exp(vs - np.median(base))) if base.size else float("nan")
+        elif kind == "slog":
+            lin = lambda y: np.sign(y) * np.expm1(np.abs(y))
+            ratio = float(lin(vs) / lin(np.median(base))) if base.size and np.median(base) != 0 else float("nan")
+        else:
+            ratio = float(vs / np.median(base)) if base.size and np.median(base) != 0 else float("nan")
+        if idx.size:
+            t = int(steps[idx[0]])
+            rows.append(dict(series=name, first_step=t, lead=spike_step - t, z_first=float(z[idx[0]]), z_at_spike=z_at,
+                             ratio=ratio))
+        else:
+            rows.append(dict(series=name, first_step=None, lead=None, z_first=float("nan"), z_at_spike=z_at,
+                             ratio=ratio))
+    moved = sorted([r for r in rows if r["first_step"] is not None], key=lambda r: (r["first_step"], -abs(r["z_first"])))
+    still = sorted([r for r in rows if r["first_step"] is None], key=lambda r: -abs(np.nan_to_num(r["z_at_spike"])))
+    return moved + still
+
+
+def spike_candidates(study, rows):
+    """Every spike record of every part-1 run, with its run's verdict; non-diverged runs first, then by loss z."""
+    cands = []
+    for r in rows:
+        train_dir = os.path.join(study.dir, study.run_name(r["model"], r["setting"], float(r["lr"])), "train")
+        for rec in ss.read_jsonl(os.path.join(train_dir, "log.jsonl")):
+            if rec.get("type") == "spike":
+                cands.append(dict(model=r["model"], setting=r["setting"], lr=r["lr"], steps=r["steps"],
+                                  run_diverged=r["diverged"], run_val_loss=r.get("val_loss"), step=rec["step"],
+                                  loss=rec.get("loss"), loss_z=rec.get("loss_z"), grad_norm=rec.get("grad_norm"),
+                                  norm_z=rec.get("norm_z"), train_dir=train_dir))
+    cands.sort(key=lambda c: (c["run_diverged"], -(c["loss_z"] or 0)))
+    return cands
+
+
+def nearby_spikes(train_dir, step, within=5):
+    return [rec["step"] for rec in ss.read_jsonl(os.path.join(train_dir, "log.jsonl"))
+            if rec.get("type") == "spike" and abs(rec["step"] - step) <= within]
+
+
+def run_plain(argv, log_path):
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
+    with open(log_path, "w") as out:
+        return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+
+
+def explain_spike(study, c, rows, out_dir, lookback):
+    """Replays the run up to a few steps past the spike, ranks what moved first, and reads the counterfactuals."""
+    m, s, lr, S = c["model"], c["setting"], float(c["lr"]), c["step"]
+    cfg = study.run_config(m, s, lr)
+    train_dir = c["train_dir"]
+    end = min(S + 5, cfg["steps"])
+    replay = os.path.join(train_dir, "replay_0_%d.jsonl" % end)
+    if not os.path.exists(replay):
+        argv = [x for x in study.trainer_argv(cfg, train_dir) if x != "--overwrite"] + ["--replay", "0:%d" % end]
+        log("  replay %s steps 1..%d" % (study.run_name(m, s, lr), end))
+        rc = run_plain(argv, os.path.join(os.path.dirname(train_dir), "replay_0_%d.log" % end))
+        if rc != 0:
+            sys.exit("error: the replay of %s failed (exit %d); see %s" % (train_dir, rc, os.path.dirname(train_dir)))
+    recs = [r for r in ss.read_jsonl(replay) if r.get("type") == "step"]
+    logged = {r["step"]: r.get("loss") for r in ss.read_jsonl(os.path.join(train_dir, "log.jsonl"))
+              if r.get("type") == "step"}
+    same = [abs((r.get("loss") or 0) - (logged.get(r["step"]) or 0)) for r in recs if r["step"] in logged]
+    series = replay_series(recs)
+    movers = first_movers(series, S, lookback)
+    # counterfactuals: part 1 already trained the same seed and data with the other settings and at lr/2
+    cf = []
+    for s2 in SETTINGS:
+        if s2 == s or SETTINGS[s2][1] != SETTINGS[s][1]:
+            continue
+        r2 = next((r for r in rows if r["model"] == m and r["setting"] == s2 and float(r["lr"]) == lr), None)
+        if r2:
+            d2 = os.path.join(study.dir, study.run_name(m, s2, lr), "train")
+            cf.append(dict(change="%s instead" % SETTINGS[s2][0], val_loss=r2.get("val_loss"), diverged=r2["diverged"],
+                           spikes_near=nearby_spikes(d2, S), n_spikes=r2.get("n_spikes", 0)))
+    half = float(ss.lr_str(lr / 2))
+    r2 = next((r for r in rows if r["model"] == m and r["setting"] == s and float(r["lr"]) == half), None)
+    if r2:
+        d2 = os.path.join(study.dir, study.run_name(m, s, half), "train")
+        cf.append(dict(change="half the lr (%s)" % ss.lr_str(half), val_loss=r2.get("val_loss"),
+                       diverged=r2["diverged"], spikes_near=nearby_spikes(d2, S), n_spikes=r2.get("n_spikes", 0)))
+    # --skip-spikes: a new run of the same settings
+    skip_dir = os.path.join(study.dir, study.run_name(m, s, lr) + "-skipspikes", "train")
+    if study.finished(skip_dir, cfg["steps"]) is None:
+        os.makedirs(skip_dir, exist_ok=True)
+        argv = study.trainer_argv(cfg, skip_dir) + ["--skip-spikes"]
+        log("  --skip-spikes run of %s" % study.run_name(m, s, lr))
+        rc = run_plain(argv, os.path.join(os.path.dirname(skip_dir), "stdout.log"))
+        if rc != 0:
+            log("  (the --skip-spikes run exited %d)" % rc)
+    val = study.finished(skip_dir, cfg["steps"])
+    skipped = [rec["step"] for rec in ss.read_jsonl(os.path.join(skip_dir, "log.jsonl"))
+               if rec.get("type") == "spike" and rec.get("action") == "skipped"]
+    cf.append(dict(change="--skip-spikes", val_loss=val.get("val_loss") if val else float("nan"), diverged=None,
+                   spikes_near=[x for x in skipped if abs(x - S) <= 5], n_spikes=len(skipped)))
+    fig = "spike_%s_s%d.png" % (study.run_name(m, s, lr), S)
+    plot_spike(os.path.join(out_dir, fig), c, recs, series, movers, lookback)
+    return dict(c, replay=os.path.relpath(replay, ROOT), replay_max_loss_diff=max(same) if same else float("nan"),
+                movers=movers, counterfactuals=cf, figure=fig)
+
+
+def plot_spike(path, c, recs, series, movers, lookback):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    S = c["step"]
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True)
+    st = np.array([r["step"] for r in recs])
+    ax.plot(st, [r.get("ce") for r in recs], color="k", lw=1)
+    ax.axvline(S, color="red", lw=0.8, ls="--")
+    ax.set_ylabel("training loss")
+    ax.set_title("%s %s lr %s: spike at step %d (loss z %.1f), replayed" % (c["model"], SETTINGS[c["setting"]][0],
+                                                                          c["lr"], S, c["loss_z"] or float("nan")))
+    top = [mv for mv in movers if mv["first_step"] is not None][:6]
+    for mv in top:
+        steps, v, _ = series[mv["series"]]
+        z = robust_z(v)
+        bx.plot(steps, np.clip(z, -60, 60), lw=1.1, label="%s (first |z|>6 at %d)" % (mv["series"], mv["first_step"]))
+    bx.axhline(6, color="grey", lw=0.6, ls=":")
+    bx.axhline(-6, color="grey", lw=0.6, ls=":")
+    bx.axvline(S, color="red", lw=0.8, ls="--")
+    bx.set_ylabel("robust z vs the previous 32 steps (clipped at 60)")
+    bx.set_xlabel("step")
+    bx.set_xlim(max(0, S - lookback - 30), S + 6)
+    if top:
+        bx.legend(fontsize=7)
+    for a_ in (ax, bx):
+        a_.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_spikes(study, out_dir, max_spikes, lookback):
+    a = study.args
+    l_cap = unigram_ce(a.train_data, a.val_data)
+    rows = classify(study.results(), l_cap, a.diverge_margin)
+    if not rows:
+        sys.exit("error: no finished runs in %s: run `scripts/instability.py lr%s` first" % (
+            study.dir, " --quick" if a.quick else ""))
+    os.makedirs(out_dir, exist_ok=True)
+    cands = spike_candidates(study, rows)
+    write_csv(os.path.join(out_dir, "spikes.csv"), cands, ["model", "setting", "lr", "step", "loss", "loss_z",
+                                                          "grad_norm", "norm_z", "run_diverged", "run_val_loss"])
+    runs_with = sorted({(c["model"], c["setting"], c["lr"]) for c in cands})
+    md = ["# Instability study, part 2: natural spikes (%s)" % time.strftime("%Y-%m-%d"), "",
+          "Made by `scripts/instability.py spikes%s` from the runs of part 1 (`%s`; %s). "
+          "%d runs, %d of them diverged; the trainer's detector (robust loss z >= 6) logged %d spikes in %d runs "
+          "(spikes.csv), %d of them in runs that did not diverge." % (
+              " --quick" if a.quick else "", os.path.relpath(study.dir, ROOT),
+              "their trainer flags hold --inject-spike: these spikes are injected" if "--inject-spike" in a.trainer_args
+              else "no --inject-spike anywhere", len(rows),
+              sum(r["diverged"] for r in rows), len(cands), len(runs_with),
+              len([c for c in cands if not c["run_diverged"]])), ""]
+    chosen, seen = [], set()
+    for c in cands:  # the strongest spike of each run, non-diverged runs first
+        key = (c["model"], c["setting"], c["lr"])
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(c)
+        if len(chosen) >= max_spikes:
+            break
+    for c in chosen:
+        e = explain_spike(study, c, rows, out_dir, lookback)
+        md += ["## %s, %s, lr %s: step %d" % (c["model"], SETTINGS[c["setting"]][0], c["lr"], c["step"]), "",
+               "Loss %.4f (z %.1f), grad norm %.3f (z %.1f); the run %s (final val loss %s). Replayed from the initial "
+               "weights into `%s`: the replayed losses equal the logged ones to %.2g." % (
+                   c["loss"], c["loss_z"] or float("nan"), c["grad_norm"] or float("nan"), c["norm_z"] or float("nan"),
+                   "diverged" if c["run_diverged"] else "recovered and finished",
+                   "%.4f" % c["run_val_loss"] if c["run_val_loss"] is not None else "-", e["replay"],
+                   e["replay_max_loss_diff"]), "", "![](%s)" % e["figure"], "",
+               "What moved first (robust z against the previous 32 steps, |z| > 6, within %d steps before the "
+               "spike; ratio: the value at the spike over its median before that):" % lookback, "",
+               "| series | first step | steps before the loss | z then | z at the spike | ratio |",
+               "|---|---:|---:|---:|---:|---:|"]
+        for mv in e["movers"][:10]:
+            f = lambda v, fmt: (fmt % v) if v is not None and isinstance(v, (int, float)) and math.isfinite(v) else "-"
+            md.append("| %s | %s | %s | %s | %s | %s |" % (mv["series"], f(mv["first_step"], "%d"), f(mv["lead"], "%d"),
+                                                           f(mv["z_first"], "%.1f"), f(mv["z_at_spike"], "%.1f"),
+                                                           f(mv["ratio"], "%.3g")))
+        md += ["", "Same seed and data, one change (part 1's runs; --skip-spikes trained here):", "",
+               "| change | final val loss | diverged | spikes within 5 steps of %d | spikes in the run |" % c["step"],
+               "|---|---:|---|---|---:|"]
+        for x in e["counterfactuals"]:
+            vl = x["val_loss"]
+            md.append("| %s | %s | %s | %s | %d |" % (
+                x["change"], "%.4f" % vl if vl is not None and math.isfinite(vl) else "-",
+                "-" if x["diverged"] is None else ("yes" if x["diverged"] else "no"),
+                ", ".join(map(str, x["spikes_near"])) or "none", x["n_spikes"]))
+        md.append("")
+    with open(os.path.join(out_dir, "spikes.md"), "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    log("report: %s" % os.path.relpath(os.path.join(out_dir, "spikes.md"), ROOT))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the command line
 
 def add_run_flags(p):
@@ -401,17 +674,21 @@ def main(argv=None):
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="part", required=True)
     lp = sub.add_parser("lr", help="part 1: the lr grid of every setting")
-    add_run_flags(lp)
-    lp.add_argument("--quick", action="store_true", help="k2-l1 only, factor-4 grid, 2 tokens per parameter")
-    lp.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of: " + ", ".join(SETTINGS))
-    lp.add_argument("--tokens-per-param", type=float)
-    lp.add_argument("--steps", type=int, default=0, help="fixed steps per run (overrides --tokens-per-param)")
-    lp.add_argument("--min-steps", type=int, default=20)
-    lp.add_argument("--k-min", type=int, help="lowest lr = 2^k-min")
-    lp.add_argument("--k-max", type=int, help="highest lr = 2^k-max")
-    lp.add_argument("--k-step", type=int, help="grid spacing in powers of 2")
+    sp = sub.add_parser("spikes", help="part 2: part 1's spikes, replayed and explained (part 1's settings)")
+    for q in (lp, sp):
+        add_run_flags(q)
+        q.add_argument("--quick", action="store_true", help="k2-l1 only, factor-4 grid, 2 tokens per parameter")
+        q.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of: " + ", ".join(SETTINGS))
+        q.add_argument("--tokens-per-param", type=float)
+        q.add_argument("--steps", type=int, default=0, help="fixed steps per run (overrides --tokens-per-param)")
+        q.add_argument("--min-steps", type=int, default=20)
+        q.add_argument("--k-min", type=int, help="lowest lr = 2^k-min")
+        q.add_argument("--k-max", type=int, help="highest lr = 2^k-max")
+        q.add_argument("--k-step", type=int, help="grid spacing in powers of 2")
     lp.add_argument("--dry-run", action="store_true")
     lp.add_argument("--report-only", action="store_true")
+    sp.add_argument("--max-spikes", type=int, default=3, help="spikes to replay and explain (one per run) [3]")
+    sp.add_argument("--lookback", type=int, default=30, help="steps before a spike searched for what moved [30]")
     a = p.parse_args(argv)
 
     mode = "quick" if a.quick else "default"
@@ -437,6 +714,11 @@ def main(argv=None):
     keys = ["models", "settings", "tokens_per_param", "steps", "min_steps", "batch_size", "seq_len", "total_batch",
             "k_min", "k_max", "k_step", "val_batches", "seed", "train_data", "val_data", "trainer_args"]
     settings = os.path.join(study.dir, "study.json")
+    if a.part == "spikes":
+        a.report_only, a.dry_run = True, False
+        if not os.path.exists(settings):
+            sys.exit("error: %s does not exist: run `scripts/instability.py lr%s` first" % (
+                settings, " --quick" if a.quick else ""))
     if a.report_only and os.path.exists(settings):
         with open(settings) as f:
             saved = json.load(f)
@@ -460,6 +742,9 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if a.part == "spikes":
+        report_spikes(study, out_dir, a.max_spikes, a.lookback)
+        return 0
     if not a.report_only:
         study.train_all()
         if a.dry_run:

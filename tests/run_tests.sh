@@ -77,6 +77,9 @@ run "spikes" bash tests/test_spikes.sh "$TMP/spikes"
 # the Adam-vs-Muon scaling sweep end to end on a 2-size, few-step ladder; the power-law fit
 run "scaling sweep" bash tests/test_sweep.sh "$TMP/sweep"
 
+# the instability study (issue 14): its analysis on made-up numbers, both parts end to end on a tiny grid
+run "instability" bash tests/test_instability.sh "$TMP/instability"
+
 # the run plots and the QK-Clip ablation command
 run "plots" bash tests/test_plots.sh "$TMP/plots"
 

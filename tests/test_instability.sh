@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# tests/test_instability.sh: scripts/instability.py (issue 14's study) on tiny synthetic shards (no data/default).
+#
+#   bash tests/test_instability.sh [WORKDIR]
+#
+# 1. the analysis on made-up numbers: robust z flags a jump and not noise; first_movers finds the series that moved
+#    10 steps before the spike and ranks it before one that moved at the spike; a series that never moved is not
+#    listed as a mover; classify tells divergence (learned, then lost it; NaN; above the first loss) from a run that
+#    never learned; lr sensitivity and the best lr of a known grid.
+# 2. part 1 end to end (`instability.py lr`): k2-l1, 2 settings x 3 lrs, 40 steps, a spike injected at step 30
+#    through --trainer-args (the only way to have a spike in 40 steps): every run finished, results.csv /
+#    summary.csv / report.md / lr_k2-l1.png exist and agree (6 rows, the injected spike counted in every run);
+#    a second invocation trains nothing.
+# 3. part 2 end to end (`instability.py spikes`): the spike is replayed from the initial weights and the replayed
+#    losses equal the logged ones exactly; the report names the injection (it must not call it natural); the
+#    counterfactual table has the other setting, half the lr and a --skip-spikes run whose log skipped step 30;
+#    a second invocation replays and trains nothing.
+# Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
+. "$(dirname "$0")/lib.sh" instability "$@"
+
+if ! "$PY" -c 'import numpy, matplotlib' 2>/dev/null; then
+    fail "python: $PY needs numpy and matplotlib (apt-get install python3-numpy python3-matplotlib)"
+    finish
+fi
+if [ ! -x "$BIN" ]; then
+    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
+fi
+
+check() {
+    local name=$1 code=$2 out
+    out=$(cd "$ROOT/scripts" && "$PY" -c "$code" 2>&1)
+    if [ $? -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^ok'; then
+        pass "$name: $(echo "$out" | tail -n 1 | cut -c4-)"
+    else
+        fail "$name: $(echo "$out" | tail -n 4 | tr '\n' ' ')"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. the analysis
+
+check "robust z: a jump scores, noise does not" '
+import numpy as np, instability as ins
+rng = np.random.default_rng(3)
+x = 1.0 + 0.01 * rng.standard_normal(100); x[70] += 0.5
+z = ins.robust_z(x)
+assert np.isnan(z[:16]).all() and np.isfinite(z[16:]).all()
+assert z[70] > 20, z[70]
+quiet = np.delete(np.abs(z[16:]), 70 - 16)
+assert quiet.max() < 6, quiet.max()
+print("ok jump z %.1f, largest |z| elsewhere %.1f" % (z[70], quiet.max()))'
+
+check "first movers: the early mover first, the still series last" '
+import numpy as np, instability as ins
+rng = np.random.default_rng(4)
+steps = np.arange(1, 121)
+early = 0.01 * rng.standard_normal(120); early[89:] += 1.0          # moves at step 90
+late = 0.01 * rng.standard_normal(120); late[99:] += 1.0            # moves at the spike, step 100
+still = 0.01 * rng.standard_normal(120)
+ser = {"late": (steps, late, "lin"), "still": (steps, still, "lin"), "early": (steps, early, "lin")}
+rows = ins.first_movers(ser, 100, lookback=30)
+assert [r["series"] for r in rows] == ["early", "late", "still"], rows
+assert rows[0]["first_step"] == 90 and rows[0]["lead"] == 10 and rows[1]["lead"] == 0, rows
+assert rows[2]["first_step"] is None, rows[2]
+print("ok early at step 90 (10 before), late at the spike, still never")'
+
+check "classify: diverged vs never learned" '
+import math, instability as ins
+nan = float("nan")
+rows = [
+  dict(status="ok", val_loss=4.2, train_loss_first=8.3, train_loss_min_avg=4.1, train_loss_last_avg=4.2),  # fine
+  dict(status="ok", val_loss=6.55, train_loss_first=8.3, train_loss_min_avg=5.0, train_loss_last_avg=6.6), # lost it
+  dict(status="ok", val_loss=6.60, train_loss_first=8.3, train_loss_min_avg=6.6, train_loss_last_avg=6.6), # too low lr
+  dict(status="ok", val_loss=9.10, train_loss_first=8.3, train_loss_min_avg=8.0, train_loss_last_avg=9.0), # above start
+  dict(status="failed", val_loss=nan),                                                                      # NaN stop
+]
+ins.classify(rows, 6.62, 0.25)
+got = [r["diverged"] for r in rows]
+assert got == [False, True, False, True, True], got
+assert [r["loss_capped"] for r in rows] == [4.2, 6.55, 6.60, 6.62, 6.62]
+print("ok", got)'
+
+check "summary: best lr, lr sensitivity, first unstable and diverged lr" '
+import instability as ins
+mk = lambda lr, vl, div, sp=0: dict(model="m", setting="adamw", lr="%g" % lr, val_loss=vl, diverged=div,
+                                   loss_capped=min(vl, 6.0), n_spikes=sp, peak_max_logit=1.0)
+rows = [mk(0.01, 5.0, False), mk(0.02, 4.0, False), mk(0.04, 4.05, False, 1), mk(0.08, 6.5, True)]
+s = ins.setting_summary(rows, 6.0)[0]
+assert s["best_lr"] == 0.02 and s["best_loss"] == 4.0, s
+assert abs(s["lr_sensitivity"] - (1.0 + 0 + 0.05 + 2.0) / 4) < 1e-12, s["lr_sensitivity"]
+assert s["first_unstable_lr"] == 0.04 and s["first_diverged_lr"] == 0.08 and s["near_best_lrs"] == "0.02..0.04", s
+assert s["spikes_total"] == 1
+print("ok sensitivity %.4f" % s["lr_sensitivity"])'
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. part 1 end to end
+
+D=$W/data
+mkdir -p "$D"
+# a cycle of 97 tokens the model learns in a few steps, so that the injected random targets stand out
+cycle() { "$PY" -c "print(','.join(str(2 + (i * 7) % 97) for i in range($1, $1 + $2)))"; }
+for spec in "train_0.bin 0 40000" "val_0.bin 13 6000"; do
+    set -- $spec
+    "$PY" data/shard_tool.py write "$D/$1" --tokens "$(cycle "$2" "$3")" >/dev/null || { fail "fixture: shard $1"; finish; }
+done
+IN=(scripts/instability.py --root "$W/sweeps" --name t --results "$W/res" --models k2-l1 --steps 40 --batch-size 2
+    --seq-len 64 --val-batches 2 --threads 2 --progress-every 0 --settings adamw,adamw-clip100 --k-min -6 --k-max -4
+    --k-step 1 --trainer-args "--inject-spike 30" --train-data "$D/train_*.bin" --val-data "$D/val_*.bin")
+S=$W/sweeps/t
+"$PY" "${IN[0]}" lr "${IN[@]:1}" > "$W/lr1.log" 2>&1
+rc=$?
+nrun=$(grep -c '^  \[run\]' "$W/lr1.log")
+ndone=$(ls -d "$S"/*/train/DONE_00000040 2>/dev/null | wc -l)
+if [ $rc -eq 0 ] && [ "$nrun" -eq 6 ] && [ "$ndone" -eq 6 ]; then
+    pass "lr: 2 settings x 3 lrs, 6 runs finished"
+else
+    fail "lr: exit $rc, $nrun runs, $ndone finished: $(tail -n 4 "$W/lr1.log" | tr '\n' ' ')"
+fi
+check "lr: results.csv, summary.csv, report.md and the figure agree" "
+import csv, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+R = '$W/res'
+rows = list(csv.DictReader(open(R + '/results.csv')))
+assert len(rows) == 6, len(rows)
+assert {r['setting'] for r in rows} == {'adamw', 'adamw-clip100'} and {r['lr'] for r in rows} == {'0.01562', '0.03125', '0.0625'}
+assert all(r['status'] == 'ok' and '30' in r['spike_steps'].split() for r in rows), [r['spike_steps'] for r in rows]
+assert all(float(r['peak_max_logit']) > 0 for r in rows)
+summ = list(csv.DictReader(open(R + '/summary.csv')))
+assert len(summ) == 2 and all(s['best_lr'] for s in summ), summ
+md = open(R + '/report.md').read()
+assert '## k2-l1 (40 steps)' in md and md.count('| 0.0') >= 3, md[:400]
+img = plt.imread(R + '/lr_k2-l1.png'); assert img.shape[0] > 300 and img.std() > 0.01
+print('ok 6 rows, 2 summaries, the spike at 30 in every run')"
+"$PY" "${IN[0]}" lr "${IN[@]:1}" > "$W/lr2.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && [ "$(grep -c '^  \[run\]' "$W/lr2.log")" -eq 0 ] && [ "$(grep -c '^  \[done\]' "$W/lr2.log")" -eq 6 ]; then
+    pass "lr again: the 6 finished runs are skipped, nothing trained"
+else
+    fail "lr again: exit $rc: $(grep -c '^  \[run\]' "$W/lr2.log") runs trained; $(tail -n 2 "$W/lr2.log" | tr '\n' ' ')"
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. part 2 end to end
+
+"$PY" "${IN[0]}" spikes "${IN[@]:1}" --max-spikes 1 > "$W/sp1.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && [ -f "$W/res/spikes.md" ] && [ -f "$W/res/spikes.csv" ]; then
+    pass "spikes: ran ($(grep -c 'replay\|skip-spikes run' "$W/sp1.log") replay/counterfactual runs)"
+else
+    fail "spikes: exit $rc: $(tail -n 4 "$W/sp1.log" | tr '\n' ' ')"
+fi
+check "spikes: replay equals the log, the injection is named, the counterfactuals are there" "
+import csv, glob, json
+R, S = '$W/res', '$S'
+md = open(R + '/spikes.md').read()
+assert 'these spikes are injected' in md and 'no --inject-spike anywhere' not in md
+assert 'the replayed losses equal the logged ones to 0.' in md, md
+assert '| AdamW + QK-Clip 100 instead |' in md or '| AdamW instead |' in md
+assert '| half the lr (' in md and '| --skip-spikes |' in md
+rp = glob.glob(S + '/*/train/replay_0_35.jsonl'); assert len(rp) == 1, rp
+sk = [json.loads(l) for l in open(glob.glob(S + '/*-skipspikes/train/log.jsonl')[0])]
+assert any(r.get('type') == 'spike' and r['step'] == 30 and r['action'] == 'skipped' for r in sk)
+assert len(list(csv.DictReader(open(R + '/spikes.csv')))) == 6
+print('ok replay bit-identical, the skip run skipped step 30')"
+"$PY" "${IN[0]}" spikes "${IN[@]:1}" --max-spikes 1 > "$W/sp2.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && ! grep -q 'replay k2\|skip-spikes run' "$W/sp2.log"; then
+    pass "spikes again: nothing replayed or trained"
+else
+    fail "spikes again: exit $rc: $(tail -n 3 "$W/sp2.log" | tr '\n' ' ')"
+fi
+"$PY" "${IN[0]}" spikes "${IN[@]:1}" --name nothing > "$W/sp3.log" 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q "^error: .*study.json does not exist: run .scripts/instability.py lr" "$W/sp3.log"; then
+    pass "spikes before part 1: $(head -n 1 "$W/sp3.log" | cut -c1-120)"
+else
+    fail "spikes before part 1: exit $rc: $(tail -n 2 "$W/sp3.log" | tr '\n' ' ')"
+fi
+finish
