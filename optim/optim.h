@@ -59,6 +59,7 @@ typedef struct {
     size_t scratch_n;
     float* gather_buf;       // host buffers for gathering the updated weights (multi-rank only)
     size_t gather_n;
+    float adamw_lr_scale;    // --optim muon: the AdamW units step with lr times this (1 after optimizer_init)
     int ns_steps;
     float ns_coeffs[3 * 8];  // (ns_steps, 3) per-iteration (a, b, c)
     double ns_flops_rank;    // Newton-Schulz FLOPs per step of this rank's units

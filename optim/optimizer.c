@@ -74,6 +74,7 @@ void optimizer_init(Optimizer* opt, const Model* model, const OptimConfig* cfg) 
     memset(opt, 0, sizeof(*opt));
     opt->cfg = *cfg;
     opt->comm = model->comm;
+    opt->adamw_lr_scale = 1.0f;
     if (cfg->kind == OPTIM_MUON) {
         opt->ns_steps = newton_schulz_table(cfg->ns_table, opt->ns_coeffs);
         if (!opt->ns_steps) fatal("flag --ns = '%s' must be default or polar", cfg->ns_table);
@@ -199,7 +200,7 @@ void optimizer_step(Optimizer* opt, Model* model, float lr, float grad_scale) {
         } else {
             float wd = param_decays(t) ? opt->cfg.weight_decay : 0.0f;
             model->ops->adamw_update(model->params + u->begin, model->grads + u->begin, opt->adam_m + u->state_off,
-                                     opt->adam_v + u->state_off, n, lr, opt->cfg.b1, opt->cfg.b2, opt->cfg.eps, wd,
+                                     opt->adam_v + u->state_off, n, lr * opt->adamw_lr_scale, opt->cfg.b1, opt->cfg.b2, opt->cfg.eps, wd,
                                      grad_scale, inv_bc1, inv_bc2);
         }
     }

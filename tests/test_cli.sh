@@ -407,4 +407,42 @@ else
     fi
 fi
 
+# --adamw-lr-scale under --optim muon: one step at scales 1, 0.5 and 0.25 from the same initial weights. The first
+# AdamW step is W0 (1 - s lr wd) - s lr m/(sqrt(v)+eps), linear in s, so W(1) - W(0.5) = 2 (W(0.5) - W(0.25)) on
+# the AdamW tensors; the Muon tensors do not see s (bit-identical); the default equals an explicit 1.
+S=$W/alrs
+for sc in 1 0.5 0.25; do
+    trainer "$S$sc" "${COMMON[@]}" --optim muon --lr 0.01 --steps 1 --warmup 0 --adamw-lr-scale $sc --out "$S$sc"
+done
+trainer "${S}def" "${COMMON[@]}" --optim muon --lr 0.01 --steps 1 --warmup 0 --out "${S}def"
+if out=$(cd scripts && "$PY" - "$S" "$BIN" "${COMMON[@]}" 2>&1 <<'PYEOF'
+import sys, numpy as np, scaling_sweep as ss
+S, argv = sys.argv[1], sys.argv[2:]
+lay = ss.trainer_layout(argv + ["--optim", "muon"])
+W = {sc: ss.read_model(S + sc + "/model_00000001.bin", lay)[1] for sc in ("1", "0.5", "0.25", "def")}
+names = sorted(W["1"])
+adamw = [n for n in names if n in ("wte", "lm_head")]
+muon = [n for n in names if n in ("wuq", "wukv", "wo")]
+assert len(adamw) == 2 and len(muon) == 3, names
+for n in names:
+    assert np.array_equal(W["1"][n], W["def"][n]), n + ": the default differs from --adamw-lr-scale 1"
+for n in muon:
+    assert np.array_equal(W["1"][n], W["0.25"][n]) and np.array_equal(W["1"][n], W["0.5"][n]), n + " moved with s"
+worst = 0.0
+for n in adamw:
+    a, b = W["1"][n] - W["0.5"][n], 2 * (W["0.5"][n] - W["0.25"][n])
+    big = np.abs(a) > 1e-3 * np.abs(a).max()
+    assert big.mean() > 0.2, (n, big.mean())
+    worst = max(worst, float(np.max(np.abs(a - b)[big] / np.abs(a)[big])))
+assert worst < 5e-3, worst
+print("AdamW tensors (%s) step linearly in the scale (worst relative %.1e), Muon tensors (%s) bit-identical" % (
+    ", ".join(adamw), worst, ", ".join(muon)))
+PYEOF
+); then pass "--adamw-lr-scale: $out"
+else fail "--adamw-lr-scale: $(echo "$out" | tail -n 2 | tr '\n' ' ') $(oneline "${S}0.5.err")"; fi
+trainer "$S.adamw" "${COMMON[@]}" --optim adamw --steps 1 --adamw-lr-scale 0.5 --out "$S.adamw"
+if [ $RC -ne 0 ] && grep -q "^error: flag --adamw-lr-scale = 0.5 applies to --optim muon only" "$S.adamw.err"; then
+    pass "--adamw-lr-scale with --optim adamw: $(oneline "$S.adamw.err")"
+else fail "--adamw-lr-scale with --optim adamw: exit $RC, $(oneline "$S.adamw.err")"; fi
+
 finish

@@ -83,6 +83,7 @@ done <<'TABLE'
 --muon-momentum 0.9
 --ns polar
 --muon-router 0
+--adamw-lr-scale 0.5
 --qk-clip-tau 50
 --balance-alpha 0.001
 --bias-gamma 0.01

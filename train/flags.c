@@ -68,6 +68,8 @@ const FlagSpec flag_specs[] = {
      "Newton-Schulz coefficients: default (3.4445, -4.7750, 2.0315) x5 | polar (Polar Express)"},
     {"--muon-router", F_INT, FIELD(muon_router), "1", 0, 1, NULL, 0,
      "1: the router matrices use Muon, 0: AdamW"},
+    {"--adamw-lr-scale", F_FLOAT, FIELD(adamw_lr_scale), "1", 0, NONE_HI, NULL, FLAG_LO_OPEN,
+     "--optim muon: the tensors AdamW updates (embedding, LM head, norm gains; the router with --muon-router 0) step with --lr times this"},
     {"--qk-clip-tau", F_FLOAT, FIELD(qk_clip_tau), "100", 0, NONE_HI, NULL, 0,
      "QK-Clip: rescale a head's q/k weights when its max logit passes this (0 = off)"},
     {"--balance-alpha", F_FLOAT, FIELD(balance_alpha), "0.0001", 0, NONE_HI, NULL, 0,
@@ -296,6 +298,9 @@ void flags_check(Flags* f) {
             fatal("flag %s reads either the checkpoint of --out or --init-from's directory; both are given", mode);
         if (f->init_from && f->step >= 0) fatal("flag --step picks a checkpoint of --out; --init-from has none");
     }
+    if (f->adamw_lr_scale != 1.0f && strcmp(f->optim, "muon") != 0)
+        fatal("flag --adamw-lr-scale = %g applies to --optim muon only (with --optim %s every tensor steps with --lr)",
+              f->adamw_lr_scale, f->optim);
     if (f->warmup < 0) f->warmup = f->steps / 10 < 100 ? f->steps / 10 : 100;
     if (f->warmup > f->steps) fatal("flag --warmup = %d exceeds --steps = %d", f->warmup, f->steps);
 }

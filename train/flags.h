@@ -27,6 +27,7 @@ typedef struct {
     float muon_momentum;
     const char* ns;           // Newton-Schulz table: default | polar
     int muon_router;
+    float adamw_lr_scale;     // --optim muon: lr multiplier of the tensors AdamW updates
     float qk_clip_tau;        // QK-Clip threshold (0 = off)
     float balance_alpha, bias_gamma;
     long long seed;

@@ -56,10 +56,10 @@ static void banner_optimizer(const Run* r) {
             const ParamTensor* t = &r->model.layout[i];
             ns_flops += (double)t->count * t->row_blocks * newton_schulz_flops(t->rows / t->row_blocks, t->cols, opt->ns_steps);
         }
-    printf("muon: momentum %g (Nesterov), %s Newton-Schulz x%d, router %s; %.2fM parameters on Muon, %.2fM on AdamW; "
+    printf("muon: momentum %g (Nesterov), %s Newton-Schulz x%d, router %s; %.2fM parameters on Muon, %.2fM on AdamW (lr x%g); "
            "Newton-Schulz %.2f GFLOP per step (%.0f%% of the step's model FLOPs)\n",
            f->muon_momentum, f->ns, opt->ns_steps, f->muon_router ? "Muon" : "AdamW", opt->muon_n / 1e6,
-           opt->adam_n / 1e6, ns_flops / 1e9, 100.0 * ns_flops / (r->flops_per_token * r->total_batch));
+           opt->adam_n / 1e6, f->adamw_lr_scale, ns_flops / 1e9, 100.0 * ns_flops / (r->flops_per_token * r->total_batch));
 }
 
 // The log's first record of a run (or of its resumption): the model and every setting its numbers depend on.
@@ -74,10 +74,10 @@ static void config_record(const Run* r) {
     fprintf(log_file(), "\"params\":%zu,\"active_params\":%.0f,"
             "\"flops_per_token\":%.6g,\"device\":\"%s\",\"threads\":%d,\"batch\":%d,\"seq_len\":%d,\"grad_accum\":%d,"
             "\"world\":%d,\"ep\":%d,\"grad_clip\":%g,\"warmup\":%d,\"weight_decay\":%g,\"min_lr_frac\":%g,\"spike_z\":%g,"
-            "\"spike_window\":%d,\"skip_spikes\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}",
+            "\"spike_window\":%d,\"skip_spikes\":%d,\"optim\":\"%s\",\"qk_clip_tau\":%g,\"lr\":%g,\"adamw_lr_scale\":%g,\"schedule\":\"%s\",\"steps\":%d,\"seed\":%lld,\"peak_gflops\":%.1f,\"resumed_from\":%d}",
             m->num_params, config_active_params(c), r->flops_per_token, r->ops->name, r->threads, r->B, r->T,
             r->grad_accum, r->comm->world, f->ep, f->grad_clip, f->warmup, f->weight_decay, f->min_lr_frac, f->spike_z,
-            f->spike_window, f->skip_spikes, f->optim, f->qk_clip_tau, f->lr, f->schedule, f->steps, f->seed,
+            f->spike_window, f->skip_spikes, f->optim, f->qk_clip_tau, f->lr, f->adamw_lr_scale, f->schedule, f->steps, f->seed,
             r->peak_gflops, r->resume_step);
     log_end_record();
 }

@@ -237,6 +237,7 @@ void setup_model(Run* r) {
                         .b2 = f->beta2, .eps = f->adam_eps, .weight_decay = f->weight_decay,
                         .mu = f->muon_momentum, .ns_table = f->ns, .muon_router = f->muon_router};
     optimizer_init(&r->opt, &r->model, &ocfg);
+    r->opt.adamw_lr_scale = f->adamw_lr_scale;
     TrainState* st = &r->st;
     memset(st, 0, sizeof(*st));
     st->micro_batch = r->B;
