@@ -4,6 +4,8 @@
     scripts/instability.py lr --quick           # part 1 in ~5 min on 2 cores: k2-l1, a factor-4 lr grid
     scripts/instability.py lr                   # part 1: k2-l1 and k2-l3, factor-2 grid 2^-11..2^1, ~70 min
     scripts/instability.py spikes               # part 2: the spikes of part 1's runs, replayed and explained
+    scripts/instability.py muon-lr              # part 3: AdamW's and Muon's best lr with seed error bars, ~35 min
+    scripts/instability.py muon-lr --tokens-per-param 20 --models k2-l1   # part 3 at 20 tokens per parameter
     scripts/instability.py lr --report-only     # tables, CSV and figures from the runs finished so far
     scripts/instability.py lr --dry-run         # the plan and the time estimate
 
@@ -30,6 +32,16 @@ telemetry (the trainer's --replay 0:S), and each telemetry series (each head's m
 load imbalance, each tensor's update RMS, the gradient norm) is scored against its own recent history: the report
 says which moved first, where, and how many steps before the loss. Then the same run is trained again with one
 change at a time (QK-Clip on, half the lr, --skip-spikes) and the report says whether the spike is still there.
+
+Part 3 (muon-lr): at each size (default k2-l1 and k2-l2), AdamW and Muon each on an lr grid of 2^(k/2) (a sqrt(2)
+grid; --adamw-k and --muon-k give the k ranges), every point with seeds 1..--seeds (a seed fixes the initial weights
+and the data order), one more lr past an edge that holds the best mean; Muon also at AdamW's best lr (Moonlight's
+protocol); then the two halves of Muon apart (--adamw-lr-scale): (i) the Muon matrices' lr swept while the AdamW
+side (embedding, head, gains) stays at AdamW's best lr, (ii) the AdamW side swept while the matrices stay at
+Muon's best lr. Report: each best lr with the lrs whose mean lies within one standard error of the best mean and a
+bootstrap over seeds; the compute Muon needs for AdamW's loss (AdamW's power law through the sizes' best means)
+with a seed bootstrap; the halves' curves. Runs go --jobs at a time (default 2, one thread each: at these sizes
+two one-thread runs do more per second than one two-thread run).
 
 Results: sweeps/<name>/ holds one directory per run (run.json, cmd.txt, stdout.log, train/, result.json; finished
 runs are skipped on a second invocation, as in scaling_sweep.py, whose run machinery this script shares).
@@ -641,6 +653,418 @@ def report_spikes(study, out_dir, max_spikes, lookback):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# part 3: what Muon's best learning rate depends on (seeds, the two halves of the optimizer, the token budget)
+
+def variant_name(optim, seed, scale=1.0):
+    return "%s%s-s%d" % (optim, "" if scale == 1.0 else "-a%s" % ss.lr_str(scale), seed)
+
+
+def parse_variant(v):
+    """'muon-a0.25-s3' -> ('muon', 0.25, 3)."""
+    parts = v.split("-")
+    optim, scale, seed = parts[0], 1.0, None
+    for x in parts[1:]:
+        if x.startswith("a"):
+            scale = float(x[1:])
+        elif x.startswith("s"):
+            seed = int(x[1:])
+    if optim not in ("adamw", "muon") or seed is None:
+        raise ValueError("bad variant %r" % v)
+    return optim, scale, seed
+
+
+class SeedStudy(LrStudy):
+    """Runs named <model>-<optim>[-a<adamw-lr-scale>]-s<seed>-lr<lr>: the trainer's defaults (QK-Clip tau 100 with
+    either optimizer, as in the scaling sweep) but for the seed and, under Muon, --adamw-lr-scale."""
+
+    def run_config(self, model, variant, lr):
+        optim, scale, seed = parse_variant(variant)
+        cfg = ss.Sweep.run_config(self, model, optim, lr)
+        cfg.update(variant=variant, seed=seed, adamw_lr_scale=scale)
+        return cfg
+
+    def trainer_argv(self, cfg, out):
+        argv = ss.Sweep.trainer_argv(self, cfg, out)
+        if cfg["adamw_lr_scale"] != 1.0:
+            argv += ["--adamw-lr-scale", ss.lr_str(cfg["adamw_lr_scale"])]
+        return argv
+
+    def predict_raw_s(self, model, variant):
+        return ss.Sweep.predict_raw_s(self, model, parse_variant(variant)[0])
+
+    def nominal_runs(self):
+        return self.pending
+
+    def result_of(self, model, variant, lr):
+        r = self.read_result(os.path.join(self.dir, self.run_name(model, variant, lr)))
+        if r is not None:
+            r.setdefault("variant", variant)
+        return r
+
+
+def run_parallel(study, tasks, jobs):
+    """Runs (model, variant, lr) tasks on `jobs` workers (each a shallow copy of the study with its own child
+    process); returns {task: result}. Finished runs are read, not rerun (Sweep.run)."""
+    import copy
+    import queue
+    import threading
+    study.pending = [(m, v) for m, v, lr in tasks if study.result_of(m, v, lr) is None]
+    q = queue.Queue()
+    for t in tasks:
+        q.put(t)
+    out, lock, errors = {}, threading.Lock(), []
+    workers = [copy.copy(study) for _ in range(max(1, jobs))]
+    for w in workers:
+        w.ran = w.skipped = 0
+        w.child = None
+    study.workers = workers
+
+    def work(w):
+        while not errors:
+            try:
+                t = q.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                res = w.run(t[0], t[1], t[2], t[1])
+            except SystemExit as e:  # a trainer failed twice: stop taking tasks
+                errors.append(str(e))
+                return
+            with lock:
+                out[t] = res
+                if (t[0], t[1]) in study.pending:
+                    study.pending.remove((t[0], t[1]))
+                study.ran, study.skipped = study.ran + w.ran, study.skipped + w.skipped
+                w.ran = w.skipped = 0
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        while th.is_alive():
+            th.join(0.5)
+    if errors:
+        sys.exit(errors[0])
+    return out
+
+
+def cell_stats(results):
+    """[result] of one (model, variant family, lr) cell over seeds -> (mean, standard error, n)."""
+    v = np.array([r["val_loss"] for r in results if r and r.get("status") == "ok" and math.isfinite(r["val_loss"])])
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se, int(v.size)
+
+
+def best_with_interval(curve):
+    """curve: {lr: (mean, se, n)} -> (best lr, its mean, its se, [lrs whose mean is within one SE of the best])."""
+    ok = {lr: c for lr, c in curve.items() if c[2] > 0 and math.isfinite(c[0])}
+    if not ok:
+        return float("nan"), float("nan"), float("nan"), []
+    lr_b = min(ok, key=lambda lr: ok[lr][0])
+    m_b, se_b = ok[lr_b][0], ok[lr_b][1]
+    tol = se_b if math.isfinite(se_b) else 0.0
+    return lr_b, m_b, se_b, sorted(lr for lr, c in ok.items() if c[0] <= m_b + tol)
+
+
+class MuonLr:
+    """Part 3's plan and analysis on a SeedStudy."""
+
+    def __init__(self, study, a):
+        self.s, self.a = study, a
+        self.seeds = list(range(1, a.seeds + 1))
+
+    @staticmethod
+    def lr_h(k):
+        """The grid's lr for half-exponent k: 2^(k/2), rounded as run names print it."""
+        return float(ss.lr_str(2.0 ** (k / 2.0)))
+
+    @staticmethod
+    def k_of(lr):
+        return int(round(2 * math.log2(lr)))
+
+    def ks(self, k_range):
+        lo, hi = (int(x) for x in k_range.split(":"))
+        return list(range(lo, hi + 1, self.a.half_steps))
+
+    def curve(self, m, family, ks):
+        """family(lr, seed) -> variant; {lr: (mean, se, n)} over the seeds."""
+        return {self.lr_h(k): cell_stats([self.s.result_of(m, family(self.lr_h(k), sd), self.lr_h(k))
+                                          for sd in self.seeds]) for k in ks}
+
+    def best_k(self, m, optim, ks):
+        lr = best_with_interval(self.curve(m, lambda lr, sd: variant_name(optim, sd), ks))[0]
+        return self.k_of(lr) if math.isfinite(lr) else None
+
+    def grid_stage(self, m, optim, ks):
+        """Every seed at every lr, then while the best mean is at an edge one lr beyond it (<= --max-extend);
+        returns the half-exponents that ran."""
+        ks = list(ks)
+        for ext in range(self.a.max_extend + 1):
+            run_parallel(self.s, [(m, variant_name(optim, sd), self.lr_h(k)) for k in ks for sd in self.seeds],
+                         self.a.jobs)
+            if self.a.dry_run or ext == self.a.max_extend:
+                break
+            best = self.best_k(m, optim, ks)
+            if best == ks[0]:
+                ks.insert(0, ks[0] - self.a.half_steps)
+            elif best == ks[-1]:
+                ks.append(ks[-1] + self.a.half_steps)
+            else:
+                break
+        return ks
+
+    def halves_tasks(self, m, k_adam, k_muon):
+        """(i) the Muon matrices' lr swept (every second lr of Muon's grid), the AdamW side held at AdamW's best lr
+        (--adamw-lr-scale = AdamW's best / the lr); (ii) the AdamW side swept over every second lr of AdamW's grid,
+        the Muon matrices held at Muon's best lr."""
+        tasks = []
+        for k in self.ks(self.a.muon_k)[::2]:
+            sc = float(ss.lr_str(2.0 ** ((k_adam - k) / 2.0)))
+            tasks += [(m, variant_name("muon", sd, sc), self.lr_h(k)) for sd in self.seeds]
+        for j in self.ks(self.a.adamw_k)[::2]:
+            sc = float(ss.lr_str(2.0 ** ((j - k_muon) / 2.0)))
+            tasks += [(m, variant_name("muon", sd, sc), self.lr_h(k_muon)) for sd in self.seeds]
+        return tasks
+
+    def run_all(self):
+        self.s.pending = []
+        for m in self.s.model_list():
+            if m not in self.s.models:
+                sys.exit("error: --models: unknown preset %s (./train_moe --list-models)" % m)
+        log("part 3 %s: %s, %g tokens per active parameter, seeds %s, AdamW lrs 2^(k/2) k in %s, Muon k in %s, %d "
+            "jobs x %d threads" % (self.s.dir, self.a.models, self.a.tokens_per_param, self.seeds, self.a.adamw_k,
+                                   self.a.muon_k, self.a.jobs, self.a.threads))
+        for m in self.s.model_list():
+            log("%s: %d steps = %.4gM tokens" % (m, self.s.steps_for(m), self.s.steps_for(m) * self.s.tps / 1e6))
+            ka = self.grid_stage(m, "adamw", self.ks(self.a.adamw_k))
+            km = self.grid_stage(m, "muon", self.ks(self.a.muon_k))
+            if self.a.dry_run:
+                continue
+            k_a = self.best_k(m, "adamw", ka)
+            if k_a is not None and k_a not in km:  # Moonlight's protocol: Muon at AdamW's tuned lr, always measured
+                run_parallel(self.s, [(m, variant_name("muon", sd), self.lr_h(k_a)) for sd in self.seeds], self.a.jobs)
+                km = sorted(km + [k_a])
+            k_m = self.best_k(m, "muon", km)
+            if self.a.halves and k_a is not None and k_m is not None:
+                run_parallel(self.s, self.halves_tasks(m, k_a, k_m), self.a.jobs)
+        self.s.save_settings()
+        log("part 3 done: %d runs trained now, %d found finished, %s" % (
+            self.s.ran, self.s.skipped, ss.fmt_dur(time.time() - self.s.t_start)))
+
+    # --- analysis
+
+    def all_results(self):
+        rows = []
+        for d in sorted(glob.glob(os.path.join(self.s.dir, "*", "result.json"))):
+            try:
+                with open(d) as f:
+                    r = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if "variant" in r:
+                rows.append(r)
+        return rows
+
+    def table(self, rows, m, optim):
+        """{lr: [results over seeds]} of plain runs (scale 1) of an optimizer at one size."""
+        out = {}
+        for r in rows:
+            o, sc, sd = parse_variant(r["variant"])
+            if r["model"] == m and o == optim and sc == 1.0 and sd in self.seeds:
+                out.setdefault(float(r["lr"]), {})[sd] = r
+        return out
+
+    def analyse(self, rows, seeds_pick=None):
+        """Per size: each optimizer's curve, best lr and its interval, and Muon at AdamW's best lr; computed on the
+        seeds `seeds_pick` (a bootstrap resample, with repeats) or all."""
+        pick = seeds_pick or self.seeds
+        out = {}
+        for m in self.s.model_list():
+            info = {}
+            for optim in ("adamw", "muon"):
+                tab = self.table(rows, m, optim)
+                curve = {lr: cell_stats([by.get(sd) for sd in pick]) for lr, by in tab.items()}
+                best = best_with_interval(curve)
+                flops = next((r["flops"] for by in tab.values() for r in by.values()), float("nan"))
+                info[optim] = dict(curve=curve, best_lr=best[0], best_mean=best[1], best_se=best[2], within=best[3],
+                                   flops=flops)
+            c = info["muon"]["curve"].get(info["adamw"]["best_lr"])
+            info["muon_at_adamw_lr"] = c[0] if c else float("nan")
+            out[m] = info
+        return out
+
+    def ratios(self, an):
+        """Compute Muon needs for AdamW's loss: the AdamW power law through every size's best mean (L = a C^b),
+        inverted at Muon's loss, over Muon's compute; per size, for Muon's best lr and for Muon at AdamW's lr."""
+        ms = [m for m in an if math.isfinite(an[m]["adamw"]["best_mean"]) and math.isfinite(an[m]["adamw"]["flops"])]
+        if len(ms) < 2:
+            return {}
+        C = [an[m]["adamw"]["flops"] for m in ms]
+        L = [an[m]["adamw"]["best_mean"] for m in ms]
+        a, b = ss.fit_power(C, L)
+        out = {}
+        for m in ms:
+            Cm = an[m]["muon"]["flops"]
+            out[m] = dict(tuned=ss.compute_for_loss(a, b, an[m]["muon"]["best_mean"]) / Cm,
+                          reuse=ss.compute_for_loss(a, b, an[m]["muon_at_adamw_lr"]) / Cm)
+        return out
+
+    def bootstrap(self, rows, n_boot):
+        """Seeds resampled with replacement (the same draw for every lr and both optimizers: a seed fixes the
+        initial weights and the data order of all of them): percentiles of each best lr and compute ratio."""
+        rng = np.random.default_rng(0)
+        draws = {}
+        for _ in range(n_boot):
+            pick = list(rng.choice(self.seeds, size=len(self.seeds), replace=True))
+            an = self.analyse(rows, pick)
+            for m, info in an.items():
+                for optim in ("adamw", "muon"):
+                    draws.setdefault((m, optim, "best_lr"), []).append(info[optim]["best_lr"])
+                draws.setdefault((m, "diff_best"), []).append(info["muon"]["best_mean"] - info["adamw"]["best_mean"])
+            for m, r in self.ratios(an).items():
+                draws.setdefault((m, "ratio_tuned"), []).append(r["tuned"])
+                draws.setdefault((m, "ratio_reuse"), []).append(r["reuse"])
+        pct = lambda v: tuple(float(x) for x in np.nanpercentile(np.array(v, float), [2.5, 50, 97.5]))
+        return {k: pct(v) for k, v in draws.items()}, draws
+
+    def halves(self, rows, m, an):
+        """(i) Muon-side lr swept with the AdamW side at AdamW's best lr; (ii) the AdamW side swept with the Muon
+        matrices at Muon's best lr (scale 1 included from the grid): {lr: (mean, se, n)} each."""
+        lr_a, lr_m = an[m]["adamw"]["best_lr"], an[m]["muon"]["best_lr"]
+        i_curve, ii_curve = {}, {}
+        by_cell = {}
+        for r in rows:
+            o, sc, sd = parse_variant(r["variant"])
+            if r["model"] != m or o != "muon" or sd not in self.seeds:
+                continue
+            lr = float(r["lr"])
+            by_cell.setdefault((lr, sc), []).append(r)
+        for (lr, sc), rs in by_cell.items():
+            if abs(lr * sc - lr_a) <= 1e-3 * lr_a:  # the scale is rounded to 4 digits
+                i_curve[lr] = cell_stats(rs)
+            if lr == lr_m:
+                ii_curve[MuonLr.lr_h(MuonLr.k_of(lr * sc))] = cell_stats(rs)
+        return i_curve, ii_curve
+
+
+def report_muon_lr(ml, out_dir):
+    a = ml.a
+    rows = ml.all_results()
+    if not rows:
+        log("no finished runs yet")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(os.path.join(out_dir, "results.csv"), rows,
+              ["model", "variant", "optim", "seed", "adamw_lr_scale", "lr", "steps", "status", "val_loss", "flops",
+               "wall_s"])
+    an = ml.analyse(rows)
+    boot, _ = ml.bootstrap(rows, a.bootstrap)
+    ratios = ml.ratios(an)
+    cells = []
+    for m, info in an.items():
+        for optim in ("adamw", "muon"):
+            for lr, (mean, se, n) in sorted(info[optim]["curve"].items()):
+                cells.append(dict(model=m, optim=optim, lr=lr, mean=mean, se=se, n=n))
+    write_csv(os.path.join(out_dir, "cells.csv"), cells, ["model", "optim", "lr", "mean", "se", "n"])
+    f = lambda v, fmt="%.4g": (fmt % v) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+    md = ["# Instability study, part 3: what Muon's best lr depends on (%s)" % time.strftime("%Y-%m-%d"), "",
+          "Made by `scripts/instability.py muon-lr %s` (`%s`): %s, seeds %s, batch %d x %d, cosine "
+          "schedule, QK-Clip tau 100 (the trainer's default, as in the scaling sweep), lr grid in steps of 2^(%d/2). "
+          "Mean final validation loss over the seeds +- its standard error; best lr's interval: every lr whose mean "
+          "is within one standard error of the best mean; bootstrap: %d resamples of the seeds (the same draw for "
+          "every lr and both optimizers), 95%% percentile intervals." % (
+              ("--steps %d" % a.steps) if a.steps else "--tokens-per-param %g" % a.tokens_per_param,
+              os.path.relpath(ml.s.dir, ROOT), a.models, ml.seeds, a.batch_size, a.seq_len,
+              a.half_steps, a.bootstrap), ""]
+    md += ["| model | optimizer | best lr | mean loss +- SE | lrs within 1 SE | best lr, bootstrap 95% | "
+           "Muon at AdamW's best lr |", "|---|---|---:|---|---|---|---:|"]
+    for m, info in an.items():
+        for optim in ("adamw", "muon"):
+            x = info[optim]
+            bl = boot.get((m, optim, "best_lr"), (float("nan"),) * 3)
+            md.append("| %s | %s | %s | %s +- %s | %s | %s..%s | %s |" % (
+                m, optim, f(x["best_lr"]), f(x["best_mean"], "%.4f"), f(x["best_se"], "%.4f"),
+                ", ".join(ss.lr_str(v) for v in x["within"]), f(bl[0]), f(bl[2]),
+                f(info["muon_at_adamw_lr"], "%.4f") if optim == "muon" else ""))
+    md += ["", "Muon's best lr over AdamW's: " + "; ".join(
+        "%s %.2gx" % (m, info["muon"]["best_lr"] / info["adamw"]["best_lr"]) for m, info in an.items()
+        if math.isfinite(info["muon"]["best_lr"] / info["adamw"]["best_lr"])) + ".", ""]
+    if ratios:
+        md += ["Compute Muon needs to reach AdamW's loss (AdamW's power law through the sizes' best means, inverted "
+               "at Muon's mean loss, over Muon's compute; bootstrap over seeds):", "",
+               "| model | Muon at its best lr | 95% | Muon at AdamW's best lr | 95% |", "|---|---:|---|---:|---|"]
+        for m, r in ratios.items():
+            bt, br = boot.get((m, "ratio_tuned"), (float("nan"),) * 3), boot.get((m, "ratio_reuse"), (float("nan"),) * 3)
+            md.append("| %s | %s | %s..%s | %s | %s..%s |" % (m, f(r["tuned"], "%.3f"), f(bt[0], "%.3f"),
+                                                             f(bt[2], "%.3f"), f(r["reuse"], "%.3f"), f(br[0], "%.3f"),
+                                                             f(br[2], "%.3f")))
+        md.append("")
+    halves_out = {}
+    for m in an:
+        i_c, ii_c = ml.halves(rows, m, an)
+        if len(i_c) > 1 or len(ii_c) > 1:
+            halves_out[m] = (i_c, ii_c)
+            md += ["### %s: the two halves" % m, "",
+                   "(i) Muon matrices' lr swept, AdamW side held at AdamW's best lr %s: best %s (within 1 SE: %s). "
+                   "(ii) AdamW side swept, Muon matrices held at Muon's best lr %s: best %s (within 1 SE: %s)." % (
+                       f(an[m]["adamw"]["best_lr"]), f(best_with_interval(i_c)[0]),
+                       ", ".join(ss.lr_str(v) for v in best_with_interval(i_c)[3]), f(an[m]["muon"]["best_lr"]),
+                       f(best_with_interval(ii_c)[0]), ", ".join(ss.lr_str(v) for v in best_with_interval(ii_c)[3])),
+                   "", "| lr | (i) Muon-side lr: mean +- SE | (ii) AdamW-side lr: mean +- SE |", "|---:|---|---|"]
+            for lr in sorted(set(i_c) | set(ii_c)):
+                cell = lambda c: ("%.4f +- %.4f (%d)" % c) if c and c[2] > 0 else ""
+                md.append("| %s | %s | %s |" % (ss.lr_str(lr), cell(i_c.get(lr)), cell(ii_c.get(lr))))
+            md.append("")
+    md += ["Every cell (mean +- SE, seeds): `cells.csv`; every run: `results.csv`.", ""]
+    plot_muon_lr(os.path.join(out_dir, "muon_lr.png"), an, halves_out, a.tokens_per_param)
+    md.insert(2, "![](muon_lr.png)\n")
+    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    ss.write_json(os.path.join(out_dir, "summary.json"), dict(
+        best={m: {o: dict(lr=an[m][o]["best_lr"], mean=an[m][o]["best_mean"], se=an[m][o]["best_se"],
+                          within=an[m][o]["within"]) for o in ("adamw", "muon")} for m in an},
+        ratios=ratios, bootstrap={"|".join(k): v for k, v in boot.items()}))
+    log("report: %s" % os.path.relpath(os.path.join(out_dir, "report.md"), ROOT))
+
+
+def plot_muon_lr(path, an, halves_out, tpp):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ms = list(an)
+    fig, axes = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4.6), squeeze=False)
+    for ax, m in zip(axes[0], ms):
+        for optim, color in (("adamw", "tab:blue"), ("muon", "tab:red")):
+            cur = sorted(an[m][optim]["curve"].items())
+            if not cur:
+                continue
+            lrs = [lr for lr, _ in cur]
+            mean = np.array([c[0] for _, c in cur])
+            se = np.array([c[1] if math.isfinite(c[1]) else 0 for _, c in cur])
+            ax.errorbar(lrs, mean, yerr=se, color=color, marker="o", ms=3, capsize=3, label=optim)
+            ax.axvline(an[m][optim]["best_lr"], color=color, lw=0.6, ls=":")
+        if m in halves_out:
+            for curve, color, label in ((halves_out[m][0], "tab:orange", "Muon-side lr (AdamW side at AdamW's best)"),
+                                        (halves_out[m][1], "tab:green", "AdamW-side lr (Muon side at Muon's best)")):
+                cur = sorted(curve.items())
+                if len(cur) > 1:
+                    ax.errorbar([lr for lr, _ in cur], [c[0] for _, c in cur],
+                                yerr=[c[1] if math.isfinite(c[1]) else 0 for _, c in cur], color=color, marker="s",
+                                ms=3, capsize=2, ls="--", lw=1, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("final val loss (mean +- SE over seeds)")
+        ax.set_title("%s, %g tokens per active parameter" % (m, tpp))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the command line
 
 def add_run_flags(p):
@@ -675,22 +1099,37 @@ def main(argv=None):
     sub = p.add_subparsers(dest="part", required=True)
     lp = sub.add_parser("lr", help="part 1: the lr grid of every setting")
     sp = sub.add_parser("spikes", help="part 2: part 1's spikes, replayed and explained (part 1's settings)")
-    for q in (lp, sp):
+    mp = sub.add_parser("muon-lr", help="part 3: AdamW's and Muon's best lr with seed error bars, the two halves")
+    for q in (lp, sp, mp):
         add_run_flags(q)
-        q.add_argument("--quick", action="store_true", help="k2-l1 only, factor-4 grid, 2 tokens per parameter")
-        q.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of: " + ", ".join(SETTINGS))
         q.add_argument("--tokens-per-param", type=float)
         q.add_argument("--steps", type=int, default=0, help="fixed steps per run (overrides --tokens-per-param)")
         q.add_argument("--min-steps", type=int, default=20)
+    for q in (lp, sp):
+        q.add_argument("--quick", action="store_true", help="k2-l1 only, factor-4 grid, 2 tokens per parameter")
+        q.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of: " + ", ".join(SETTINGS))
         q.add_argument("--k-min", type=int, help="lowest lr = 2^k-min")
         q.add_argument("--k-max", type=int, help="highest lr = 2^k-max")
         q.add_argument("--k-step", type=int, help="grid spacing in powers of 2")
-    lp.add_argument("--dry-run", action="store_true")
-    lp.add_argument("--report-only", action="store_true")
+    for q in (lp, mp):
+        q.add_argument("--dry-run", action="store_true")
+        q.add_argument("--report-only", action="store_true")
     sp.add_argument("--max-spikes", type=int, default=3, help="spikes to replay and explain (one per run) [3]")
     sp.add_argument("--lookback", type=int, default=30, help="steps before a spike searched for what moved [30]")
+    mp.add_argument("--quick", action="store_true", help="k2-l1, 2 tokens per parameter, 3 lrs per optimizer")
+    mp.add_argument("--seeds", type=int, default=3, help="seeds 1..N per point [3]")
+    mp.add_argument("--adamw-k", help="AdamW's lrs 2^(k/2) for k in LO:HI [-18:-10, i.e. 0.002..0.031]")
+    mp.add_argument("--muon-k", help="Muon's lrs 2^(k/2) for k in LO:HI [-14:-6, i.e. 0.0078..0.125]")
+    mp.add_argument("--half-steps", type=int, help="grid spacing in half powers of 2 [1: sqrt(2)]")
+    mp.add_argument("--max-extend", type=int, default=1, help="lrs added beyond a grid edge holding the best mean [1]")
+    mp.add_argument("--no-halves", dest="halves", action="store_false",
+                    help="skip the sweeps of one half of the optimizer with the other held")
+    mp.add_argument("--jobs", type=int, default=2, help="runs at once (each with --threads) [2]")
+    mp.add_argument("--bootstrap", type=int, default=2000, help="seed resamples [2000]")
     a = p.parse_args(argv)
 
+    if a.part == "muon-lr":
+        return main_muon_lr(a)
     mode = "quick" if a.quick else "default"
     for k, v in PARTS[mode].items():
         if getattr(a, k, None) is None:
@@ -700,11 +1139,7 @@ def main(argv=None):
         sys.exit("error: --settings: unknown %s (known: %s)" % (", ".join(bad), ", ".join(SETTINGS)))
     if a.k_step < 1 or a.k_max < a.k_min:
         sys.exit("error: --k-min <= --k-max and --k-step >= 1")
-    for flag, pat in (("--train-data", a.train_data), ("--val-data", a.val_data)):
-        if not glob.glob(pat if os.path.isabs(pat) else os.path.join(ROOT, pat)):
-            sys.exit("error: %s %s matches no file%s" % (flag, pat, " (run `make data`)" if "data/default" in pat else ""))
-    if not os.access(a.trainer, os.X_OK):
-        sys.exit("error: %s is not built (make train_moe)" % a.trainer)
+    check_inputs(a)
     # what Sweep reads but this study does not vary
     a.lr_center, a.lr_factor, a.grid, a.max_extend, a.bootstrap = 1.0, 2.0, 1, 0, 0
     out_dir = a.results or os.path.join(ROOT, "dev", "results", a.name)
@@ -719,6 +1154,29 @@ def main(argv=None):
         if not os.path.exists(settings):
             sys.exit("error: %s does not exist: run `scripts/instability.py lr%s` first" % (
                 settings, " --quick" if a.quick else ""))
+    load_or_save_settings(a, study, settings, keys)
+    install_signals(study)
+    if a.part == "spikes":
+        report_spikes(study, out_dir, a.max_spikes, a.lookback)
+        return 0
+    if not a.report_only:
+        study.train_all()
+        if a.dry_run:
+            return 0
+    report_lr(study, out_dir)
+    return 0
+
+
+def check_inputs(a):
+    for flag, pat in (("--train-data", a.train_data), ("--val-data", a.val_data)):
+        if not glob.glob(pat if os.path.isabs(pat) else os.path.join(ROOT, pat)):
+            sys.exit("error: %s %s matches no file%s" % (flag, pat, " (run `make data`)" if "data/default" in pat else ""))
+    if not os.access(a.trainer, os.X_OK):
+        sys.exit("error: %s is not built (make train_moe)" % a.trainer)
+
+
+def load_or_save_settings(a, study, settings, keys):
+    """--report-only (and part 2) describe the study as it was run (its study.json); a run saves them."""
     if a.report_only and os.path.exists(settings):
         with open(settings) as f:
             saved = json.load(f)
@@ -729,27 +1187,61 @@ def main(argv=None):
     elif not a.report_only and not a.dry_run:
         study.save_settings = lambda: ss.write_json(settings, {k: getattr(a, k) for k in keys})
 
+
+def install_signals(study):
     def on_signal(signum, frame):
-        if study.child is not None and study.child.poll() is None:
-            study.child.terminate()
-            try:
-                study.child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                study.child.kill()
+        for w in [study] + getattr(study, "workers", []):
+            if w.child is not None and w.child.poll() is None:
+                w.child.terminate()
+                try:
+                    w.child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    w.child.kill()
         log("interrupted: finished runs are kept; run the same command again to continue")
-        sys.exit(130)
+        os._exit(130)  # worker threads may be waiting on their children
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    if a.part == "spikes":
-        report_spikes(study, out_dir, a.max_spikes, a.lookback)
-        return 0
+
+MUON_LR = {
+    "quick": dict(models="k2-l1", tokens_per_param=2.0, adamw_k="-16:-12", muon_k="-14:-10", half_steps=2),
+    "default": dict(models="k2-l1,k2-l2", tokens_per_param=4.0, adamw_k="-18:-10", muon_k="-14:-6", half_steps=1),
+}
+
+
+def main_muon_lr(a):
+    for k, v in MUON_LR["quick" if a.quick else "default"].items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, v)
+    for flag, v in (("--adamw-k", a.adamw_k), ("--muon-k", a.muon_k)):
+        try:
+            lo, hi = (int(x) for x in v.split(":"))
+            assert lo <= hi
+        except (ValueError, AssertionError):
+            sys.exit("error: %s = %r must be LO:HI (integers, LO <= HI)" % (flag, v))
+    if a.seeds < 2 or a.jobs < 1 or a.half_steps < 1 or a.max_extend < 0:
+        sys.exit("error: --seeds >= 2 (error bars), --jobs >= 1, --half-steps >= 1, --max-extend >= 0")
+    check_inputs(a)
+    if a.name is None:
+        a.name = "muonlr_quick" if a.quick else "muonlr_tpp%g" % a.tokens_per_param
+    if a.threads == (os.cpu_count() or 2):  # the default: the cores split between the jobs
+        a.threads = max(1, a.threads // a.jobs)
+    a.lr_center, a.lr_factor, a.grid, a.seed = 1.0, 2.0, 1, 0
+    out_dir = a.results or os.path.join(ROOT, "dev", "results", a.name)
+    study = SeedStudy(a)
+    os.makedirs(study.dir, exist_ok=True)
+    keys = ["models", "tokens_per_param", "steps", "min_steps", "batch_size", "seq_len", "total_batch", "seeds",
+            "adamw_k", "muon_k", "half_steps", "max_extend", "halves", "val_batches", "train_data", "val_data",
+            "trainer_args"]
+    load_or_save_settings(a, study, os.path.join(study.dir, "study.json"), keys)
+    install_signals(study)
+    ml = MuonLr(study, a)
     if not a.report_only:
-        study.train_all()
+        ml.run_all()
         if a.dry_run:
             return 0
-    report_lr(study, out_dir)
+    report_muon_lr(ml, out_dir)
     return 0
 
 
