@@ -717,7 +717,10 @@ def run_parallel(study, tasks, jobs):
     for w in workers:
         w.ran = w.skipped = 0
         w.child = None
+        w.save_settings = lambda: None  # written once here: two threads would race on its temporary file
     study.workers = workers
+    if not study.args.dry_run and any(study.result_of(*t) is None for t in tasks):
+        study.save_settings()
 
     def work(w):
         while not errors:
@@ -729,6 +732,9 @@ def run_parallel(study, tasks, jobs):
                 res = w.run(t[0], t[1], t[2], t[1])
             except SystemExit as e:  # a trainer failed twice: stop taking tasks
                 errors.append(str(e))
+                return
+            except Exception as e:  # anything else stops the study too, loudly
+                errors.append("error: %s %s: %s: %s" % (t[0], t[1], type(e).__name__, e))
                 return
             with lock:
                 out[t] = res

@@ -15,6 +15,9 @@
 #    losses equal the logged ones exactly; the report names the injection (it must not call it natural); the
 #    counterfactual table has the other setting, half the lr and a --skip-spikes run whose log skipped step 30;
 #    a second invocation replays and trains nothing.
+# 4. part 3 end to end (`instability.py muon-lr`): 2 seeds, 2 lrs per optimizer, two runs at a time: the grid, Muon
+#    at AdamW's best lr and the halves all ran; the best lrs, means and standard errors in summary.json equal those
+#    recomputed from results.csv; a second invocation trains nothing.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" instability "$@"
 
@@ -92,6 +95,20 @@ assert s["first_unstable_lr"] == 0.04 and s["first_diverged_lr"] == 0.08 and s["
 assert s["spikes_total"] == 1
 print("ok sensitivity %.4f" % s["lr_sensitivity"])'
 
+check "part 3: variant names, the best lr within one SE, cell statistics" '
+import math, instability as ins
+for args in (("adamw", 1, 1.0), ("muon", 3, 0.25), ("muon", 12, 1.414)):
+    v = ins.variant_name(args[0], args[1], args[2])
+    assert ins.parse_variant(v) == (args[0], args[2], args[1]), (v, ins.parse_variant(v))
+assert ins.variant_name("muon", 2) == "muon-s2" and ins.variant_name("muon", 2, 0.5) == "muon-a0.5-s2"
+curve = {0.01: (5.0, 0.1, 3), 0.02: (4.9, 0.05, 3), 0.04: (4.94, 0.02, 3), 0.08: (4.96, 0.02, 3)}
+lr, m, se, within = ins.best_with_interval(curve)
+assert (lr, m, se, within) == (0.02, 4.9, 0.05, [0.02, 0.04]), (lr, m, se, within)
+mean, se, n = ins.cell_stats([dict(status="ok", val_loss=x) for x in (4.0, 4.2, 4.4)] + [None, dict(status="failed", val_loss=float("nan"))])
+assert n == 3 and abs(mean - 4.2) < 1e-12 and abs(se - 0.2 / math.sqrt(3)) < 1e-12, (mean, se, n)
+assert ins.MuonLr.lr_h(-12) == 0.01562 and ins.MuonLr.k_of(0.01562) == -12 and ins.MuonLr.lr_h(-11) == 0.0221
+print("ok best 0.02, within 1 SE: 0.02, 0.04")'
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. part 1 end to end
 
@@ -168,6 +185,48 @@ if [ $rc -eq 0 ] && ! grep -q 'replay k2\|skip-spikes run' "$W/sp2.log"; then
 else
     fail "spikes again: exit $rc: $(tail -n 3 "$W/sp2.log" | tr '\n' ' ')"
 fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. part 3 end to end: 2 seeds, AdamW at 2 lrs, Muon at 2 others, Muon at AdamW's best, the halves
+
+MU=(scripts/instability.py muon-lr --root "$W/sweeps" --name m --results "$W/mres" --models k2-l1 --steps 12
+    --batch-size 2 --seq-len 64 --val-batches 2 --progress-every 0 --seeds 2 --adamw-k=-14:-13 --muon-k=-12:-11
+    --max-extend 0 --jobs 2 --bootstrap 100 --train-data "$D/train_*.bin" --val-data "$D/val_*.bin")
+"$PY" "${MU[@]}" > "$W/mu1.log" 2>&1
+rc=$?
+nrun=$(grep -c '^  \[run\]' "$W/mu1.log")
+if [ $rc -eq 0 ] && [ "$nrun" -eq 14 ] && [ -f "$W/mres/report.md" ] && [ -f "$W/mres/muon_lr.png" ]; then
+    pass "muon-lr: 8 grid runs + Muon at AdamW's best lr (2) + the halves (4) = $nrun runs, two at a time"
+else
+    fail "muon-lr: exit $rc, $nrun runs (want 14): $(tail -n 3 "$W/mu1.log" | tr '\n' ' ')"
+fi
+check "muon-lr: the report's numbers are the runs' numbers" "
+import csv, json, math, numpy as np
+R = '$W/mres'
+rows = list(csv.DictReader(open(R + '/results.csv')))
+assert len(rows) == 14, len(rows)
+summ = json.load(open(R + '/summary.json'))
+for optim in ('adamw', 'muon'):
+    b = summ['best']['k2-l1'][optim]
+    plain = [r for r in rows if r['optim'] == optim and float(r['adamw_lr_scale']) == 1.0]
+    means = {}
+    for r in plain:
+        means.setdefault(float(r['lr']), []).append(float(r['val_loss']))
+    assert all(len(v) == 2 for v in means.values()), means
+    best = min(means, key=lambda lr: np.mean(means[lr]))
+    assert b['lr'] == best and abs(b['mean'] - np.mean(means[best])) < 1e-5, (optim, b, means)  # results.csv: 6 digits
+    assert abs(b['se'] - np.std(means[best], ddof=1) / math.sqrt(2)) < 1e-5
+a_lr = summ['best']['k2-l1']['adamw']['lr']
+assert any(r['optim'] == 'muon' and float(r['lr']) == a_lr and float(r['adamw_lr_scale']) == 1.0 for r in rows)
+halves = [r for r in rows if float(r['adamw_lr_scale']) != 1.0]
+assert len(halves) == 4 and all(r['optim'] == 'muon' for r in halves), halves
+md = open(R + '/report.md').read()
+assert 'the two halves' in md and 'bootstrap' in md
+print('ok best lrs and their means/SEs recomputed from results.csv, Muon ran at AdamW best lr %g' % a_lr)"
+"$PY" "${MU[@]}" > "$W/mu2.log" 2>&1
+if [ $? -eq 0 ] && [ "$(grep -c '^  \[run\]' "$W/mu2.log")" -eq 0 ]; then pass "muon-lr again: nothing trained"
+else fail "muon-lr again: $(grep -c '^  \[run\]' "$W/mu2.log") runs trained: $(tail -n 2 "$W/mu2.log" | tr '\n' ' ')"; fi
+
 "$PY" "${IN[0]}" spikes "${IN[@]:1}" --name nothing > "$W/sp3.log" 2>&1
 rc=$?
 if [ $rc -ne 0 ] && grep -q "^error: .*study.json does not exist: run .scripts/instability.py lr" "$W/sp3.log"; then
