@@ -2,7 +2,7 @@
 """Scaling-law sweep: AdamW vs Muon over the k2-l1..k2-l5 ladder, resumable, with fits and SVD entropy.
 
     scripts/scaling_sweep.py --quick              # ~15 min on 2 cores: 1 token per active parameter
-    scripts/scaling_sweep.py                      # the default ladder, ~60-80 min on 2 cores: 4 tokens per active param
+    scripts/scaling_sweep.py                      # the default ladder, ~40-50 min on 2 cores: 4 tokens per active param
     scripts/scaling_sweep.py --report-only        # fits, CSV, plots and report from the runs finished so far
     scripts/scaling_sweep.py --dry-run            # the plan and the estimated time, nothing is run
 
@@ -57,12 +57,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PF_DAY = 1e15 * 86400.0  # FLOPs in one PFLOP/s-day
 
-# AdamW throughput on the project's 2-core box, 2 threads, batch 8 x 256, lr 0.016, median of steps 21-60 (after
-# the early router collapse; dev/results/cpu_bench_2026-11-26.md has 35k..17k for the first 25 steps), and Muon's
-# step time relative to AdamW's in the same measurement (2026-11-26, a quiet machine). Only used for the time
-# estimates; the measured times of finished runs recalibrate them.
-TOK_S = {"k2-l1": 29300, "k2-l2": 29000, "k2-l3": 19400, "k2-l4": 19000, "k2-l5": 16800, "k2-nano": 10400}
-MUON_SLOWDOWN = {"k2-l1": 1.05, "k2-l2": 1.2, "k2-l3": 1.17, "k2-l4": 1.17, "k2-l5": 1.25, "k2-nano": 1.4}
+# AdamW throughput on the project's 2-core box, 2 threads, batch 8 x 256, and Muon's step time relative to AdamW's:
+# k2-l1, k2-l3 and k2-nano measured on a quiet machine after the CPU work of issue 15 (dev/results/
+# cpu_speed_2026-12-02.md, ladder_speed.sh: 74.6k / 35.6k / 14.1k tok/s, Muon 1.07 / 1.19 / 1.62x the step), taken
+# ~10% lower for validation and start-up; k2-l2, k2-l4 and k2-l5 interpolated. Only used for the time estimates;
+# the measured times of finished runs recalibrate them.
+TOK_S = {"k2-l1": 67000, "k2-l2": 48000, "k2-l3": 32000, "k2-l4": 26000, "k2-l5": 21000, "k2-nano": 12700}
+MUON_SLOWDOWN = {"k2-l1": 1.07, "k2-l2": 1.12, "k2-l3": 1.19, "k2-l4": 1.22, "k2-l5": 1.27, "k2-nano": 1.62}
 RUN_OVERHEAD_S = 2.0  # start-up, checkpoint, SVD entropy
 
 LADDERS = {
@@ -959,11 +960,11 @@ def main(argv=None):
         epilog=__doc__.split("\n\n", 1)[1] + """
 Ladders (any setting can be overridden by its flag):
   --quick    k2-l1..k2-l5, 1 token per active parameter (79..354 steps of 2048 tokens), 3 lrs per optimizer,
-             no extensions: 30 runs; estimate 13.5 min, measured 16 min with light background load (35 min
-             while other sessions' builds and trainings ran).
+             no extensions: 30 runs; estimate ~10 min with the trainer after issue 15's CPU work (13.5 min
+             estimated and 16 min measured before it).
   default    k2-l1..k2-l5, 4 tokens per active parameter (316..1414 steps), 3 lrs per optimizer + at most one
-             edge extension each: 30-40 runs; estimate 49 min without extensions, 66 min with all 10, x1.2 for
-             the quick ladder's measured/estimated ratio: ~60-80 min.
+             edge extension each: 30-40 runs; estimate ~36 min without extensions, ~45 min with all 10 (before
+             issue 15: 49 / 66 min estimated, 72 min measured).
   --gpu      k2-g1..k2-g5 on one GPU (--device cuda, batch 16 x 1024, lr grid centred on 3e-3, MFU against
              989 TFLOP/s), 20 tokens per active parameter (314M..1.8B tokens per run): needs --train-data and
              --val-data with GPT-2-token shards (llm.c's FineWeb, vocab 50304; the default corpus is far too
