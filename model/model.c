@@ -480,6 +480,12 @@ void model_logits_row(const Model* m, const Acts* a, int row, float* out) {
     m->ops->act_to_host_f32(out, ops_at(m->ops, a->logits, (size_t)row * V), V);
 }
 
+void model_final_hidden(const Model* m, const Acts* a, float* xf, int* targets) {
+    size_t N = (size_t)a->cur_B * a->cur_T;
+    m->ops->act_to_host_f32(xf, a->xf, N * m->cfg.d_model);
+    m->ops->to_host(targets, a->targets, N * sizeof(int));
+}
+
 void model_get_maxlogit(const Model* m, float* out) {
     m->ops->to_host(out, m->maxlogit, (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float));
 }

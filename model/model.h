@@ -195,6 +195,9 @@ void model_sync_weights(Model* m);
 void model_update_router_bias(Model* m, float gamma);
 // Copies a row of logits to the host (after a forward).
 void model_logits_row(const Model* m, const Acts* a, int row, float* out_host);
+// The last forward's final_norm output (cur_B*cur_T, d) as fp32 and its targets, on the host (after a backward too:
+// the backward reads xf and does not write it)
+void model_final_hidden(const Model* m, const Acts* a, float* xf_host, int* targets_host);
 // Host snapshots for telemetry
 void model_get_maxlogit(const Model* m, float* out_host);     // (L, H)
 void model_get_expert_load(const Model* m, float* out_host);  // (Lm, E)

@@ -54,8 +54,11 @@ r = json.loads(sys.argv[1])
 ok = r['step'] == 45 and len(r['expert_load']) == 384 and sum(r['expert_load']) == 4 * 64 * 8 \
      and len(r['max_logit_head']) == 2 * 2 and set(r['update_rms']) >= {'wte', 'wuq', 'router', 'expert_w13', 'lm_head'} \
      and len(r['update_rms']['wuq']) == 2 and r['spike'] == 1
+o = r['out_logits']  # recomputed on the host from the final hidden states: its cross-entropy is the step's
+ok = ok and o['rows'] == 4 * 64 and abs(o['ce'] - r['ce']) <= 1e-5 * r['ce'] and o['lse_max'] >= o['lse_mean'] > 0 \
+     and o['max'] > 0
 sys.exit(0 if ok else 1)" "$last"; then
-        pass "replay records carry per-head max logits, per-expert loads (sum 4 x 64 x 8) and per-tensor-per-layer update RMS"
+        pass "replay records carry per-head max logits, per-expert loads (sum 4 x 64 x 8), per-tensor-per-layer update RMS and the output logits (their cross-entropy = the step's)"
     else
         fail "replay telemetry incomplete: $(echo "$last" | cut -c1-300)"
     fi

@@ -147,11 +147,57 @@ static void profile_fields(Run* r, const StepStats* s) {
     fprintf(log_file(), "}");
 }
 
-// --replay's full telemetry: every expert's load, and each tensor's update RMS per layer (experts of a layer
-// together; this rank's experts under --ep)
+// --replay's output-logit telemetry: the LM head's logits of the step's last micro-batch (this rank's rows),
+// recomputed on the host from the final hidden states and the head's weights before the update, 256 rows at a
+// time. Output-logit divergence (Wortsman et al. 2023) shows as a drifting log Z = logsumexp of a row's logits;
+// "ce" is the rows' cross-entropy from these logits (it equals the step's loss with one micro-batch on one rank).
+static void output_logit_fields(const Run* r, const StepStats* s) {
+    const Model* m = &r->model;
+    const Acts* a = &r->acts;
+    int N = a->cur_B * a->cur_T, d = r->cfg.d_model, V = r->cfg.vocab_size;
+    enum { CHUNK = 256 };
+    float* xf = xmalloc((size_t)N * d * sizeof(float));
+    int* targets = xmalloc((size_t)N * sizeof(int));
+    float* logits = xmalloc((size_t)CHUNK * V * sizeof(float));
+    model_final_hidden(m, a, xf, targets);
+    const float* W = s->params_before + m->layout[P_LM_HEAD].offset;  // (V, d)
+    double lse_sum = 0.0, ce_sum = 0.0, lse_max = -INFINITY, logit_max = -INFINITY;
+    int n_ce = 0;
+    for (int r0 = 0; r0 < N; r0 += CHUNK) {
+        int n = N - r0 < CHUNK ? N - r0 : CHUNK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, d, 1.0f, xf + (size_t)r0 * d, d, W, d, 0.0f,
+                    logits, V);
+        for (int i = 0; i < n; i++) {
+            const float* row = logits + (size_t)i * V;
+            float mx = row[0];
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            double sum = 0.0;
+            for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx);
+            double lse = mx + log(sum);
+            lse_sum += lse;
+            lse_max = lse > lse_max ? lse : lse_max;
+            logit_max = mx > logit_max ? mx : logit_max;
+            int t = targets[r0 + i];
+            if (t >= 0 && t < V) { ce_sum += lse - row[t]; n_ce++; }
+        }
+    }
+    fprintf(log_file(), ",\"out_logits\":{\"rows\":%d", N);
+    json_num(log_file(), "max", logit_max);
+    json_num(log_file(), "lse_mean", N ? lse_sum / N : NAN);
+    json_num(log_file(), "lse_max", lse_max);
+    json_num(log_file(), "ce", n_ce ? ce_sum / n_ce : NAN);
+    fprintf(log_file(), "}");
+    free(xf);
+    free(targets);
+    free(logits);
+}
+
+// --replay's full telemetry: every expert's load, each tensor's update RMS per layer (experts of a layer together;
+// this rank's experts under --ep), the output logits
 static void replay_fields(const Run* r, const StepStats* s) {
     const Model* m = &r->model;
     int Lm = cfg_n_moe(&r->cfg);
+    output_logit_fields(r, s);
     fprintf(log_file(), ",\"expert_load\":");
     json_float_array(log_file(), s->load, Lm * r->cfg.n_experts);
     fprintf(log_file(), ",\"update_rms\":{");
