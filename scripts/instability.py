@@ -28,8 +28,9 @@ lr range, so a wider stable range scores lower.
 
 Part 2 reads part 1's runs (or --from DIR): every spike the detector logged in a run that did not diverge is a
 candidate; the strongest (by loss z) of up to --max-spikes runs are replayed from the initial weights with full
-telemetry (the trainer's --replay 0:S), and each telemetry series (each head's max logit, each layer's expert
-load imbalance, each tensor's update RMS, the gradient norm) is scored against its own recent history: the report
+telemetry (the trainer's --replay 0:S), and each telemetry series (each head's max logit, the LM head's output
+logits and log Z, each layer's expert load imbalance and experts in use, each tensor's update RMS, the gradient
+norm) is scored against its own recent history: the report
 says which moved first, where, and how many steps before the loss. Then the same run is trained again with one
 change at a time (QK-Clip on, half the lr, --skip-spikes) and the report says whether the spike is still there.
 
@@ -420,6 +421,10 @@ def replay_series(recs):
         out[name] = (steps, v, kind)
 
     add("grad norm", [r.get("grad_norm") for r in recs], "log")
+    if any("out_logits" in r for r in recs):  # the LM head's output: Wortsman's output-logit divergence
+        add("output log Z (mean)", [(r.get("out_logits") or {}).get("lse_mean") for r in recs], "lin")
+        add("output log Z (max)", [(r.get("out_logits") or {}).get("lse_max") for r in recs], "lin")
+        add("output max logit", [(r.get("out_logits") or {}).get("max") for r in recs], "slog")
     if any("muon_update_rms" in r for r in recs):
         add("Muon update RMS", [r.get("muon_update_rms") for r in recs], "log")
     nh = max((len(r.get("max_logit_head", [])) for r in recs), default=0)
