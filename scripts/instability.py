@@ -18,10 +18,11 @@ Per run: final validation loss, whether it diverged, the peak of the attention m
 the trainer's detector logged (train/spikes.h), the heads QK-Clip rescaled.
 Diverged: the trainer stopped on non-finite steps; or the final validation loss is above the run's first training
 loss; or it is within --diverge-margin (0.25) nats of the unigram cross-entropy of the data (the validation tokens
-scored by the training tokens' frequencies) while the training loss (8-step average) had been more than the margin
-lower: the model learned, then lost its context. That is what divergence looks like at this scale with gradient
-clipping (the loss settles near 6.6 with attention logits past 1e5) far more often than a NaN. A run that never
-got below the unigram level (too low an lr) did not learn, which is not divergence.
+scored by the training tokens' frequencies) while the run's lr is above its setting's best lr or its training loss
+(8-step average) had been more than the margin lower: the model lost its context. That is what divergence looks like
+at this scale with gradient clipping (the loss settles near 6.6 with attention logits past 1e5, after excursions to
+30-70) far more often than a NaN. A run below the best lr that never got under the unigram level did not learn,
+which is not divergence.
 lr sensitivity (Wortsman's definition): the mean over the grid of min(L(lr), L_cap) - min over lr of L(lr), with
 L_cap the unigram cross-entropy (a diverged run counts as L_cap): how much loss a setting gives up over the whole
 lr range, so a wider stable range scores lower.
@@ -212,15 +213,23 @@ def train_loss_shape(ce, w=8):
 
 def classify(rows, l_cap, margin):
     """Adds diverged and loss_capped to each row. Diverged: stopped on non-finite steps; or ended above its first
-    step's loss; or ended within `margin` of the unigram cross-entropy after its training loss (8-step average) had
-    been more than `margin` lower. A run that never got below the unigram level (too low an lr, too few steps) did
-    not learn, which is not divergence."""
+    step's loss; or ended within `margin` of the unigram cross-entropy while its lr is above the best lr of its
+    (model, setting) or its training loss (8-step average) had been more than `margin` lower. A run below the best lr
+    that never got under the unigram level (too low an lr, too few steps) did not learn, which is not divergence."""
+    best = {}
+    for r in rows:
+        vl = r.get("val_loss")
+        if r.get("status") == "ok" and vl is not None and math.isfinite(vl):
+            key = (r.get("model"), r.get("setting"))
+            if key not in best or vl < best[key][0]:
+                best[key] = (vl, float(r.get("lr", "nan")))
     for r in rows:
         vl = r.get("val_loss")
         ok = r.get("status") == "ok" and vl is not None and math.isfinite(vl)
         first, lo, last = (r.get(k, float("nan")) for k in ("train_loss_first", "train_loss_min_avg",
                                                              "train_loss_last_avg"))
-        r["diverged"] = (not ok) or vl > first or (vl > l_cap - margin and last - lo > margin)
+        above_best = float(r.get("lr", "nan")) > best.get((r.get("model"), r.get("setting")), (0, float("inf")))[1]
+        r["diverged"] = (not ok) or vl > first or (vl > l_cap - margin and (above_best or last - lo > margin))
         r["loss_capped"] = min(vl, l_cap) if ok else l_cap
     return rows
 

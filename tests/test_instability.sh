@@ -5,8 +5,8 @@
 #
 # 1. the analysis on made-up numbers: robust z flags a jump and not noise; first_movers finds the series that moved
 #    10 steps before the spike and ranks it before one that moved at the spike; a series that never moved is not
-#    listed as a mover; classify tells divergence (learned, then lost it; NaN; above the first loss) from a run that
-#    never learned; lr sensitivity and the best lr of a known grid.
+#    listed as a mover; classify tells divergence (learned, then lost it; at the unigram level above the best lr;
+#    NaN; above the first loss) from a run below the best lr that never learned; lr sensitivity and the best lr of a known grid.
 # 2. part 1 end to end (`instability.py lr`): k2-l1, 2 settings x 3 lrs, 40 steps, a spike injected at step 30
 #    through --trainer-args (the only way to have a spike in 40 steps): every run finished, results.csv /
 #    summary.csv / report.md / lr_k2-l1.png exist and agree (6 rows, the injected spike counted in every run);
@@ -70,17 +70,19 @@ print("ok early at step 90 (10 before), late at the spike, still never")'
 check "classify: diverged vs never learned" '
 import math, instability as ins
 nan = float("nan")
+mk = lambda lr, **kw: dict(model="m", setting="s", lr="%g" % lr, status="ok", train_loss_first=8.3, **kw)
 rows = [
-  dict(status="ok", val_loss=4.2, train_loss_first=8.3, train_loss_min_avg=4.1, train_loss_last_avg=4.2),  # fine
-  dict(status="ok", val_loss=6.55, train_loss_first=8.3, train_loss_min_avg=5.0, train_loss_last_avg=6.6), # lost it
-  dict(status="ok", val_loss=6.60, train_loss_first=8.3, train_loss_min_avg=6.6, train_loss_last_avg=6.6), # too low lr
-  dict(status="ok", val_loss=9.10, train_loss_first=8.3, train_loss_min_avg=8.0, train_loss_last_avg=9.0), # above start
-  dict(status="failed", val_loss=nan),                                                                      # NaN stop
+  mk(0.01, val_loss=4.2, train_loss_min_avg=4.1, train_loss_last_avg=4.2),    # the best lr
+  mk(0.02, val_loss=6.55, train_loss_min_avg=5.0, train_loss_last_avg=6.6),   # learned, then lost it
+  mk(0.001, val_loss=6.60, train_loss_min_avg=6.6, train_loss_last_avg=6.6),  # too low an lr: never learned
+  mk(0.04, val_loss=6.60, train_loss_min_avg=6.6, train_loss_last_avg=6.6),   # above the best lr, at the unigram level
+  mk(0.08, val_loss=9.10, train_loss_min_avg=8.0, train_loss_last_avg=9.0),   # above its first loss
+  dict(model="m", setting="s", lr="0.16", status="failed", val_loss=nan),      # stopped on NaN
 ]
 ins.classify(rows, 6.62, 0.25)
 got = [r["diverged"] for r in rows]
-assert got == [False, True, False, True, True], got
-assert [r["loss_capped"] for r in rows] == [4.2, 6.55, 6.60, 6.62, 6.62]
+assert got == [False, True, False, True, True, True], got
+assert [r["loss_capped"] for r in rows] == [4.2, 6.55, 6.60, 6.60, 6.62, 6.62]
 print("ok", got)'
 
 check "summary: best lr, lr sensitivity, first unstable and diverged lr" '
