@@ -838,12 +838,13 @@ class MuonLr:
     def halves_tasks(self, m, k_adam, k_muon):
         """(i) the Muon matrices' lr swept (every second lr of Muon's grid), the AdamW side held at AdamW's best lr
         (--adamw-lr-scale = AdamW's best / the lr); (ii) the AdamW side swept over every second lr of AdamW's grid,
-        the Muon matrices held at Muon's best lr."""
+        continued to twice Muon's best lr, the Muon matrices held at Muon's best lr."""
         tasks = []
         for k in self.ks(self.a.muon_k)[::2]:
             sc = float(ss.lr_str(2.0 ** ((k_adam - k) / 2.0)))
             tasks += [(m, variant_name("muon", sd, sc), self.lr_h(k)) for sd in self.seeds]
-        for j in self.ks(self.a.adamw_k)[::2]:
+        lo_a, hi_a = (int(x) for x in self.a.adamw_k.split(":"))
+        for j in range(lo_a, max(hi_a, k_muon + 2 * self.a.half_steps) + 1, 2 * self.a.half_steps):
             sc = float(ss.lr_str(2.0 ** ((j - k_muon) / 2.0)))
             tasks += [(m, variant_name("muon", sd, sc), self.lr_h(k_muon)) for sd in self.seeds]
         return tasks
