@@ -3,7 +3,8 @@
 # loss against the rolling window) and logged with the checkpoint to replay it from, which survives pruning; a
 # clean run through warm-up, whose grad norm has outliers, raises none; --skip-spikes keeps a spike out of the
 # weights; --replay re-runs the steps with full telemetry and the same losses; a NaN gradient never reaches the
-# weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights; with --profile
+# weights; K non-finite steps in a row stop the run with a checkpoint of the last good weights, and so do K spikes in
+# a row skipped by --skip-spikes (a loss that stays at spike level); with --profile
 # the spike record holds only the event and the time summary counts each step once.
 #
 #   bash tests/test_spikes.sh [WORKDIR]
@@ -108,6 +109,27 @@ if [ $rc -ne 0 ] && grep -q "non-finite steps in a row" "$K.err" && [ -n "$last"
     pass "3 non-finite steps in a row: exit $rc, '$(grep -m1 error "$K.err" | cut -c1-120)...', checkpoint $last written"
 else
     fail "divergence stop: exit $rc, checkpoint '$last', $(oneline "$K.err")"
+fi
+
+# ---- 4b. the loss stays at spike level (the data changed under a resumed run: the pattern, then random tokens):
+# --skip-spikes skips 3 steps (--max-bad-steps 3), then stops with a checkpoint whose weights are step 30's; before
+# 2026-12-02 it skipped every step to the end and the run "finished" with its weights frozen at step 30
+P=$W/persist
+"$PY" data/shard_tool.py write "$W/random.bin" --random 60000 --vocab 4096 --seed 9 > /dev/null
+timeout 120 $BIN "${RUN[@]}" --steps 30 --ckpt-every 30 --out "$P" > "$P.out" 2> "$P.err"
+params "$W/p30" "$P" 30
+RUN_RANDOM=("${RUN[@]}")
+for i in "${!RUN_RANDOM[@]}"; do [ "${RUN_RANDOM[$i]}" = "$W/train.bin" ] && RUN_RANDOM[$i]=$W/random.bin; done
+timeout 120 $BIN "${RUN_RANDOM[@]}" --steps 60 --resume --skip-spikes --max-bad-steps 3 --out "$P" > "$P.out2" 2> "$P.err2"
+rc=$?
+n_skipped=$(grep -c '"action":"skipped"' "$P/log.jsonl")
+last=$(cd "$P" && ls DONE_* 2>/dev/null | tail -n 1)
+params "$W/plast" "$P" "$((10#${last#DONE_}))" 2>/dev/null
+if [ $rc -ne 0 ] && grep -q "^error: step 33: 3 steps in a row skipped as spikes by --skip-spikes" "$P.err2" \
+   && [ "$n_skipped" -eq 3 ] && [ "$last" = "DONE_00000033" ] && cmp -s "$W/p30.params" "$W/plast.params"; then
+    pass "a loss that stays at spike level: 3 spikes skipped, then exit $rc: '$(cut -c1-110 "$P.err2")...'; checkpoint 33 holds step 30's weights"
+else
+    fail "persistent spike level: exit $rc, $n_skipped skipped, checkpoint '$last', $(oneline "$P.err2")"
 fi
 
 # ---- 5. --profile with a spike: the spike record is only the event (its fields, no timings), and the summary's

@@ -433,7 +433,7 @@ static int state_in_range(const char* path, const StateBytes* sb, char* why, siz
     if (sb->opt_t < 0 || sb->opt_t > ts->step)
         return fail_why(why, why_n, path, "optimizer update count %d outside [0, step %d]", sb->opt_t, ts->step);
     if (ts->bad_in_row < 0 || ts->bad_in_row > ts->step)
-        return fail_why(why, why_n, path, "non-finite step count %d outside [0, step %d]", ts->bad_in_row, ts->step);
+        return fail_why(why, why_n, path, "skipped-step count %d outside [0, step %d]", ts->bad_in_row, ts->step);
     if (!memchr(ts->optimizer, 0, sizeof(ts->optimizer))) return fail_why(why, why_n, path, "optimizer name is not terminated");
     if (ts->micro_batch < 1 || ts->seq_len < 1 || ts->grad_accum < 1 || ts->world < 1 || ts->ep < 1)
         return fail_why(why, why_n, path, "run layout has a size below 1 (batch %d, seq_len %d, micro-batches %d, world %d, "

@@ -101,7 +101,7 @@ const FlagSpec flag_specs[] = {
     {"--peak-gflops", F_FLOAT, FIELD(peak_gflops), "0", 0, NONE_HI, NULL, FLAG_PER_RANK,
      "peak per rank for MFU (default: measured sgemm on CPU, 989000 on a GPU)"},
     {"--max-bad-steps", F_INT, FIELD(max_bad_steps), "5", 1, MAX_COUNT, NULL, 0,
-     "stop (with a checkpoint) after this many non-finite steps in a row"},
+     "stop (with a checkpoint) after this many steps in a row that did not reach the weights (non-finite, or spikes skipped by --skip-spikes)"},
     {"--spike-z", F_FLOAT, FIELD(spike_z), "6", 0, NONE_HI, NULL, 0,
      "a loss this many noise sigmas above its recent level is a spike (robust z: train/spikes.h; 0 = off)"},
     {"--spike-window", F_INT, FIELD(spike_window), "128", 2, SPIKE_MAX_WINDOW, NULL, 0,

@@ -186,9 +186,12 @@ static void step_update(Run* r, int step, StepStats* s) {
     s->heads_clipped = 0;
     memset(s->clipped, 0, (size_t)r->cfg.n_layers * r->cfg.n_heads * sizeof(int));
     if (s->params_before) ops->to_host(s->params_before, m->params, m->num_params * sizeof(float));
-    if (!s->finite) {
+    // steps in a row whose update is not applied: non-finite ones, and spikes under --skip-spikes. Skipping is for
+    // a bad batch; when the loss stays at spike level the weights (or the data) changed for good, and skipping
+    // every later step would freeze the run at the pre-spike weights while it "trains" on (step_policy stops it)
+    if (s->skip_update) {
         r->st.bad_in_row++;
-        report_nonfinite(s, r->st.bad_in_row);
+        if (!s->finite) report_nonfinite(s, r->st.bad_in_row);
     } else {
         r->st.bad_in_row = 0;
     }
@@ -200,22 +203,28 @@ static void step_update(Run* r, int step, StepStats* s) {
     }
 }
 
-// After the update: the stop after too many non-finite steps in a row, and the report of a spike.
+// After the update: the report of a spike, then the stop after too many skipped steps in a row.
 static void step_policy(Run* r, const StepStats* s) {
     const Flags* f = r->flags;
-    if (r->st.bad_in_row >= f->max_bad_steps) {
-        // the weights are those of the last good update: keep them in a checkpoint and stop
-        if (!f->replay) checkpoint_save(r->out_dir, &r->model, &r->opt, &r->st, r->comm->rank);
-        fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); none reached the weights. Stopped%s",
-              s->step, r->st.bad_in_row, s->loss, s->norm,
-              f->replay ? "" : "; the last good weights are checkpointed: look at the log, then --resume");
-    }
     if (s->spike) {
         // the replay of this spike starts at the newest checkpoint before it: keep that one
         int from = f->replay ? r->replay_from : checkpoint_latest(r->out_dir);
         if (from < 0) from = 0;
         if (!f->replay && from > 0 && r->comm->rank == 0) checkpoint_protect(r->out_dir, from);
         report_spike(s, from);
+    }
+    if (r->st.bad_in_row >= f->max_bad_steps) {
+        // the weights are those of the last applied update: keep them in a checkpoint and stop
+        if (!f->replay) checkpoint_save(r->out_dir, &r->model, &r->opt, &r->st, r->comm->rank);
+        if (!s->finite)
+            fatal("step %d: %d non-finite steps in a row (loss %g, grad norm %g); none reached the weights. Stopped%s",
+                  s->step, r->st.bad_in_row, s->loss, s->norm,
+                  f->replay ? "" : "; the last good weights are checkpointed: look at the log, then --resume");
+        fatal("step %d: %d steps in a row skipped as spikes by --skip-spikes (loss %g, z %.1f): the loss stays at "
+              "spike level, so it is not one bad batch and skipping cannot recover. Stopped%s", s->step,
+              r->st.bad_in_row, s->loss, s->z_loss,
+              f->replay ? "" : "; the last applied weights are checkpointed: --resume without --skip-spikes, or "
+                               "from an earlier checkpoint with a lower --lr");
     }
 }
 

@@ -5,7 +5,7 @@
 #include "run.h"
 
 // Steps r->st.step .. r->end_step - 1. Every stop on the way (a changed shard, a failed log write, too many
-// non-finite steps in a row) is fatal on every rank, with a checkpoint of the last completed step.
+// non-finite or --skip-spikes-skipped steps in a row) is fatal on every rank, with a checkpoint of the last completed step.
 void run_loop(Run* r);
 // After the loop: the --profile means and the validation loss of the final weights.
 void run_finish(Run* r);
