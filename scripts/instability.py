@@ -551,20 +551,30 @@ def explain_spike(study, c, rows, out_dir, lookback):
         d2 = os.path.join(study.dir, study.run_name(m, s, half), "train")
         cf.append(dict(change="half the lr (%s)" % ss.lr_str(half), val_loss=r2.get("val_loss"),
                        diverged=r2["diverged"], spikes_near=nearby_spikes(d2, S), n_spikes=r2.get("n_spikes", 0)))
-    # --skip-spikes: a new run of the same settings
-    skip_dir = os.path.join(study.dir, study.run_name(m, s, lr) + "-skipspikes", "train")
-    if study.finished(skip_dir, cfg["steps"]) is None:
+    # --skip-spikes: a new run of the same settings; it may stop early (spikes skipped in a row count toward
+    # --max-bad-steps: a loss that stays at spike level is not one bad batch)
+    skip_run = os.path.join(study.dir, study.run_name(m, s, lr) + "-skipspikes")
+    skip_dir = os.path.join(skip_run, "train")
+    done = os.path.join(skip_run, "result.json")
+    if not os.path.exists(done):
         os.makedirs(skip_dir, exist_ok=True)
         argv = study.trainer_argv(cfg, skip_dir) + ["--skip-spikes"]
         log("  --skip-spikes run of %s" % study.run_name(m, s, lr))
-        rc = run_plain(argv, os.path.join(os.path.dirname(skip_dir), "stdout.log"))
-        if rc != 0:
-            log("  (the --skip-spikes run exited %d)" % rc)
-    val = study.finished(skip_dir, cfg["steps"])
+        rc = run_plain(argv, os.path.join(skip_run, "stdout.log"))
+        with open(os.path.join(skip_run, "stdout.log"), errors="replace") as fh:
+            err = next((l.strip() for l in reversed(fh.readlines()) if l.startswith("error")), "")
+        if rc != 0 and "skipped as spikes" not in err and "non-finite" not in err:
+            sys.exit("error: the --skip-spikes run of %s failed (exit %d): %s" % (study.run_name(m, s, lr), rc, err))
+        val = study.finished(skip_dir, cfg["steps"])
+        ss.write_json(done, dict(returncode=rc, error=err, val_loss=val.get("val_loss") if val else None))
+    with open(done) as fh:
+        sk = json.load(fh)
     skipped = [rec["step"] for rec in ss.read_jsonl(os.path.join(skip_dir, "log.jsonl"))
                if rec.get("type") == "spike" and rec.get("action") == "skipped"]
-    cf.append(dict(change="--skip-spikes", val_loss=val.get("val_loss") if val else float("nan"), diverged=None,
-                   spikes_near=[x for x in skipped if abs(x - S) <= 5], n_spikes=len(skipped)))
+    vl = sk.get("val_loss")
+    cf.append(dict(change="--skip-spikes", val_loss=vl if vl is not None else float("nan"), diverged=None,
+                   spikes_near=[x for x in skipped if abs(x - S) <= 5], n_spikes=len(skipped),
+                   note=sk["error"][len("error: "):] if sk.get("error") else ""))
     fig = "spike_%s_s%d.png" % (study.run_name(m, s, lr), S)
     plot_spike(os.path.join(out_dir, fig), c, recs, series, movers, lookback)
     return dict(c, replay=os.path.relpath(replay, ROOT), replay_max_loss_diff=max(same) if same else float("nan"),
@@ -657,9 +667,12 @@ def report_spikes(study, out_dir, max_spikes, lookback):
         for x in e["counterfactuals"]:
             vl = x["val_loss"]
             md.append("| %s | %s | %s | %s | %d |" % (
-                x["change"], "%.4f" % vl if vl is not None and math.isfinite(vl) else "-",
+                x["change"], "%.4f" % vl if vl is not None and math.isfinite(vl) else "- (stopped)",
                 "-" if x["diverged"] is None else ("yes" if x["diverged"] else "no"),
                 ", ".join(map(str, x["spikes_near"])) or "none", x["n_spikes"]))
+        notes = [x["note"] for x in e["counterfactuals"] if x.get("note")]
+        if notes:
+            md += ["", "The --skip-spikes run: `%s`" % notes[0][:300]]
         md.append("")
     with open(os.path.join(out_dir, "spikes.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
