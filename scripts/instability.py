@@ -1152,8 +1152,8 @@ def main(argv=None):
     sp.add_argument("--lookback", type=int, default=30, help="steps before a spike searched for what moved [30]")
     mp.add_argument("--quick", action="store_true", help="k2-l1, 2 tokens per parameter, 3 lrs per optimizer")
     mp.add_argument("--seeds", type=int, default=3, help="seeds 1..N per point [3]")
-    mp.add_argument("--adamw-k", help="AdamW's lrs 2^(k/2) for k in LO:HI [-18:-10, i.e. 0.002..0.031]")
-    mp.add_argument("--muon-k", help="Muon's lrs 2^(k/2) for k in LO:HI [-14:-6, i.e. 0.0078..0.125]")
+    mp.add_argument("--adamw-k", help="AdamW's lrs 2^(k/2) for k in LO:HI [-17:-11, i.e. 0.0028..0.022]")
+    mp.add_argument("--muon-k", help="Muon's lrs 2^(k/2) for k in LO:HI [-13:-7, i.e. 0.011..0.088]")
     mp.add_argument("--half-steps", type=int, help="grid spacing in half powers of 2 [1: sqrt(2)]")
     mp.add_argument("--max-extend", type=int, default=1, help="lrs added beyond a grid edge holding the best mean [1]")
     mp.add_argument("--no-halves", dest="halves", action="store_false",
@@ -1240,7 +1240,9 @@ def install_signals(study):
 
 MUON_LR = {
     "quick": dict(models="k2-l1", tokens_per_param=2.0, adamw_k="-16:-12", muon_k="-14:-10", half_steps=2),
-    "default": dict(models="k2-l1,k2-l2", tokens_per_param=4.0, adamw_k="-18:-10", muon_k="-14:-6", half_steps=1),
+    # 7 sqrt(2)-spaced lrs per optimizer around the best lrs of the scaling sweep and part 1 at 4 tokens per
+    # parameter (AdamW 0.008 = 2^(-14/2), Muon 0.031 = 2^(-10/2)); an edge that holds the best mean adds an lr
+    "default": dict(models="k2-l1,k2-l2", tokens_per_param=4.0, adamw_k="-17:-11", muon_k="-13:-7", half_steps=1),
 }
 
 
