@@ -491,7 +491,8 @@ def first_movers(series, spike_step, lookback=30, z_thr=6.0, window=32):
 
 
 def spike_candidates(study, rows):
-    """Every spike record of every part-1 run, with its run's verdict; non-diverged runs first, then by loss z."""
+    """Every spike record of every part-1 run, with its run's verdict: runs that did not diverge first, by loss z,
+    then diverged runs by step."""
     cands = []
     for r in rows:
         train_dir = os.path.join(study.dir, study.run_name(r["model"], r["setting"], float(r["lr"])), "train")
@@ -501,8 +502,39 @@ def spike_candidates(study, rows):
                                   run_diverged=r["diverged"], run_val_loss=r.get("val_loss"), step=rec["step"],
                                   loss=rec.get("loss"), loss_z=rec.get("loss_z"), grad_norm=rec.get("grad_norm"),
                                   norm_z=rec.get("norm_z"), train_dir=train_dir))
-    cands.sort(key=lambda c: (c["run_diverged"], -(c["loss_z"] or 0)))
+    # runs that recovered: the strongest spike first; diverged runs: the first spike (the onset)
+    cands.sort(key=lambda c: (c["run_diverged"], c["step"] if c["run_diverged"] else -(c["loss_z"] or 0)))
     return cands
+
+
+def choose_spikes(cands, max_spikes):
+    """The first candidate of each run (the strongest spike, or a diverged run's onset), runs that did not diverge
+    first, taking turns between (model, optimizer)
+    pairs so that both optimizers and both sizes get explained; a run that is bit for bit another (QK-Clip never
+    fired: the same optimizer, lr and final loss), or whose spike is another's (same step and loss: the runs parted
+    after it), counts once."""
+    firsts, seen_run, seen_same = [], set(), set()
+    for c in cands:  # cands: non-diverged first, then by loss z
+        run = (c["model"], c["setting"], c["lr"])
+        same = (c["model"], SETTINGS[c["setting"]][1], c["lr"], c["run_val_loss"])
+        event = (c["model"], SETTINGS[c["setting"]][1], c["lr"], c["step"], c["loss"])
+        if run in seen_run or same in seen_same or event in seen_same:
+            continue
+        seen_run.add(run)
+        seen_same.update((same, event))
+        firsts.append(c)
+    chosen, pairs = [], set()
+    for diverged in (False, True):  # spikes that the run recovered from first; divergence onsets if slots remain
+        for pass_ in (0, 1):        # one per (model, optimizer), then the rest in order
+            for c in firsts:
+                pair = (c["model"], SETTINGS[c["setting"]][1], diverged)
+                if c["run_diverged"] != diverged or c in chosen or (pass_ == 0 and pair in pairs):
+                    continue
+                pairs.add(pair)
+                chosen.append(c)
+                if len(chosen) >= max_spikes:
+                    return chosen
+    return chosen
 
 
 def nearby_spikes(train_dir, step, within=5):
@@ -634,15 +666,7 @@ def report_spikes(study, out_dir, max_spikes, lookback):
               else "no --inject-spike anywhere", len(rows),
               sum(r["diverged"] for r in rows), len(cands), len(runs_with),
               len([c for c in cands if not c["run_diverged"]])), ""]
-    chosen, seen = [], set()
-    for c in cands:  # the strongest spike of each run, non-diverged runs first
-        key = (c["model"], c["setting"], c["lr"])
-        if key in seen:
-            continue
-        seen.add(key)
-        chosen.append(c)
-        if len(chosen) >= max_spikes:
-            break
+    chosen = choose_spikes(cands, max_spikes)
     for c in chosen:
         e = explain_spike(study, c, rows, out_dir, lookback)
         md += ["## %s, %s, lr %s: step %d" % (c["model"], SETTINGS[c["setting"]][0], c["lr"], c["step"]), "",
@@ -1148,7 +1172,7 @@ def main(argv=None):
     for q in (lp, mp):
         q.add_argument("--dry-run", action="store_true")
         q.add_argument("--report-only", action="store_true")
-    sp.add_argument("--max-spikes", type=int, default=3, help="spikes to replay and explain (one per run) [3]")
+    sp.add_argument("--max-spikes", type=int, default=5, help="spikes to replay and explain (one per run) [5]")
     sp.add_argument("--lookback", type=int, default=30, help="steps before a spike searched for what moved [30]")
     mp.add_argument("--quick", action="store_true", help="k2-l1, 2 tokens per parameter, 3 lrs per optimizer")
     mp.add_argument("--seeds", type=int, default=3, help="seeds 1..N per point [3]")
