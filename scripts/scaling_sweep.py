@@ -50,6 +50,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -84,8 +85,15 @@ GROUPS = ["attention", "experts", "router", "dense_shared_ffn", "embed_head"]
 # ---------------------------------------------------------------------------------------------------------------
 # small helpers
 
+_log_lock = threading.Lock()
+
+
 def log(msg):
-    print(msg, flush=True)
+    # one line at a time: scripts/instability.py runs several trainers from threads, and two print() calls could
+    # interleave their text and newlines
+    with _log_lock:
+        sys.stdout.write(msg + "\n")
+        sys.stdout.flush()
 
 
 def fmt_dur(s):
