@@ -964,9 +964,10 @@ class MuonLr:
         a, b = ss.fit_power(C, L)
         out = {}
         for m in ms:
+            # Muon's compute over what AdamW's fit needs for Muon's loss (the scaling sweep's per-size ratio)
             Cm = an[m]["muon"]["flops"]
-            out[m] = dict(tuned=ss.compute_for_loss(a, b, an[m]["muon"]["best_mean"]) / Cm,
-                          reuse=ss.compute_for_loss(a, b, an[m]["muon_at_adamw_lr"]) / Cm)
+            out[m] = dict(tuned=Cm / ss.compute_for_loss(a, b, an[m]["muon"]["best_mean"]),
+                          reuse=Cm / ss.compute_for_loss(a, b, an[m]["muon_at_adamw_lr"]))
         return out
 
     def bootstrap(self, rows, n_boot):
@@ -1050,8 +1051,9 @@ def report_muon_lr(ml, out_dir):
         "%s %.2gx" % (m, info["muon"]["best_lr"] / info["adamw"]["best_lr"]) for m, info in an.items()
         if math.isfinite(info["muon"]["best_lr"] / info["adamw"]["best_lr"])) + ".", ""]
     if ratios:
-        md += ["Compute Muon needs to reach AdamW's loss (AdamW's power law through the sizes' best means, inverted "
-               "at Muon's mean loss, over Muon's compute; bootstrap over seeds):", "",
+        md += ["Compute Muon needs for AdamW's loss, as a fraction of AdamW's (Muon's compute over the compute at "
+               "which AdamW's power law through the sizes' best means reaches Muon's mean loss; below 1: Muon needs "
+               "less; bootstrap over seeds):", "",
                "| model | Muon at its best lr | 95% | Muon at AdamW's best lr | 95% |", "|---|---:|---|---:|---|"]
         for m, r in ratios.items():
             bt, br = boot.get((m, "ratio_tuned"), (float("nan"),) * 3), boot.get((m, "ratio_reuse"), (float("nan"),) * 3)
