@@ -138,13 +138,13 @@ class LrStudy(ss.Sweep):
         return super().predict_raw_s(model, SETTINGS.get(setting, (0, setting))[1])
 
     def nominal_runs(self):
-        todo = []
+        remaining = []  # (model, setting) of every run not finished yet (the time estimate)
         for m in self.model_list():
             for s in self.settings():
                 for k in self.ks():
                     if self.read_result(os.path.join(self.dir, self.run_name(m, s, self.lr_of(k)))) is None:
-                        todo.append((m, s))
-        return todo
+                        remaining.append((m, s))
+        return remaining
 
     def settings(self):
         return [s.strip() for s in self.args.settings.split(",") if s.strip()]
