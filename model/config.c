@@ -1,5 +1,6 @@
 // model/config.c: presets and the counts derived from a config.
 #include "config.h"
+#include <math.h>
 #include <string.h>
 
 // Every preset keeps Kimi K2's structure: 384 routed experts, top-8, one shared expert as wide as a routed one,
@@ -66,8 +67,9 @@ int config_validate(const ModelConfig* c, char* why, size_t n) {
     if (c->top_k > 64) { snprintf(why, n, "top_k %d > 64 is not supported", c->top_k); return 0; }
     if (c->top_k > c->n_experts) { snprintf(why, n, "top_k %d > n_experts %d", c->top_k, c->n_experts); return 0; }
     if (c->vocab_size > (1 << 30)) { snprintf(why, n, "vocab_size %d too large", c->vocab_size); return 0; }
-    if (!(c->routed_scale > 0) || !(c->rope_theta > 0) || !(c->norm_eps > 0)) {
-        snprintf(why, n, "routed_scale, rope_theta and norm_eps must be positive"); return 0;
+    if (!(c->routed_scale > 0) || !(c->rope_theta > 0) || !(c->norm_eps > 0) || !isfinite(c->routed_scale) ||
+        !isfinite(c->rope_theta) || !isfinite(c->norm_eps)) {
+        snprintf(why, n, "routed_scale, rope_theta and norm_eps must be positive and finite"); return 0;
     }
     return 1;
 }

@@ -128,6 +128,18 @@ static int check_fixed(const JsonValue* root, const FixedField* f, const char* s
                f->key, got, f->what, want);
 }
 
+// a config.json float as our float: positive and finite as a float (1e39 is a finite double but an infinite float)
+static int positive_float(const JsonValue* v, const char* key, float* out, const char* src, char* why, size_t n) {
+    char got[96];
+    show(v, got, sizeof(got));
+    if (v->type != JSON_NUMBER) return fail_why(why, n, src, "field '%s' must be a number, got %s", key, got);
+    if (!isfinite(v->number_f))
+        return fail_why(why, n, src, "field '%s' = %s is beyond the range of a 32-bit float", key, got);
+    if (!(v->number_f > 0)) return fail_why(why, n, src, "field '%s' = %s must be a positive float", key, got);
+    *out = v->number_f;
+    return 1;
+}
+
 // rope_theta: the top-level field (DeepseekV3Config before transformers 5), or rope_parameters.rope_theta (after),
 // whose rope_type must be the plain one
 static int read_rope_theta(const JsonValue* root, float* theta, const char* src, char* why, size_t n) {
@@ -147,8 +159,7 @@ static int read_rope_theta(const JsonValue* root, float* theta, const char* src,
     if (!top && !inner) return fail_why(why, n, src, "field 'rope_theta' is missing (nor is it in rope_parameters)");
     if (top && inner && top->number_f != inner->number_f)
         return fail_why(why, n, src, "fields 'rope_theta' (%g) and 'rope_parameters.rope_theta' (%g) disagree", top->number, inner->number);
-    *theta = (top ? top : inner)->number_f;
-    return 1;
+    return positive_float(top ? top : inner, top ? "rope_theta" : "rope_parameters.rope_theta", theta, src, why, n);
 }
 
 static int read_config(ModelConfig* c, const JsonValue* root, const char* src, char* why, size_t n) {
@@ -168,10 +179,7 @@ static int read_config(ModelConfig* c, const JsonValue* root, const char* src, c
             return fail_why(why, n, src, "field 'q_lora_rank' is null: attention without a query latent (q_proj) is not "
                        "supported");
         if (f->is_float) {
-            if (v->type != JSON_NUMBER) return fail_why(why, n, src, "field '%s' must be a number, got %s", f->key, got);
-            if (!isfinite(v->number_f) || !(v->number_f > 0))
-                return fail_why(why, n, src, "field '%s' = %s must be a positive float", f->key, got);
-            *float_at(c, f) = v->number_f;
+            if (!positive_float(v, f->key, float_at(c, f), src, why, n)) return 0;
         } else {
             if (v->type != JSON_NUMBER || !v->is_int)
                 return fail_why(why, n, src, "field '%s' must be an integer, got %s", f->key, got);

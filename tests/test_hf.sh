@@ -311,6 +311,9 @@ bad_config hidden_size - "is missing"
 bad_config hidden_size '"32"' "must be an integer"
 bad_config rms_norm_eps '"1e-6"' "must be a number"
 bad_config qk_rope_head_dim 7 "must be even"
+bad_config rope_theta 1e39 "beyond the range of a 32-bit float"   # finite as a double, infinite as a float (found by fuzzing)
+bad_config rope_theta -10000.0 "must be a positive float"
+bad_config routed_scaling_factor 0 "must be a positive float"
 mkdir -p "$W/cfg_json"; printf '{"vocab_size": 4096,}' > "$W/cfg_json/config.json"
 bad_case "config.json with a trailing comma" "$W/cfg_json/config.json|invalid JSON at byte 20" --model "$W/cfg_json/config.json" --print-layout
 cp -r "$W/e32" "$W/b_cfg"; "${TOOL[@]}" config "$W/e32/config.json" "$W/b_cfg/config.json" rope_interleave false
