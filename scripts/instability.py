@@ -57,7 +57,6 @@ import glob
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -1215,7 +1214,7 @@ def main(argv=None):
             sys.exit("error: %s does not exist: run `scripts/instability.py lr%s` first" % (
                 settings, " --quick" if a.quick else ""))
     load_or_save_settings(a, study, settings, keys)
-    install_signals(study)
+    ss.install_signals(lambda: [study] + getattr(study, "workers", []))
     if a.part == "spikes":
         report_spikes(study, out_dir, a.max_spikes, a.lookback)
         return 0
@@ -1246,22 +1245,6 @@ def load_or_save_settings(a, study, settings, keys):
         study.tps = a.total_batch or a.batch_size * a.seq_len
     elif not a.report_only and not a.dry_run:
         study.save_settings = lambda: ss.write_json(settings, {k: getattr(a, k) for k in keys})
-
-
-def install_signals(study):
-    def on_signal(signum, frame):
-        for w in [study] + getattr(study, "workers", []):
-            if w.child is not None and w.child.poll() is None:
-                w.child.terminate()
-                try:
-                    w.child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    w.child.kill()
-        log("interrupted: finished runs are kept; run the same command again to continue")
-        os._exit(130)  # worker threads may be waiting on their children
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
 
 
 MUON_LR = {
@@ -1297,7 +1280,7 @@ def main_muon_lr(a):
             "adamw_k", "muon_k", "half_steps", "max_extend", "halves", "val_batches", "train_data", "val_data",
             "trainer_args"]
     load_or_save_settings(a, study, os.path.join(study.dir, "study.json"), keys)
-    install_signals(study)
+    ss.install_signals(lambda: [study] + getattr(study, "workers", []))
     ml = MuonLr(study, a)
     if not a.report_only:
         ml.run_all()

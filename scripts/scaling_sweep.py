@@ -961,6 +961,27 @@ def report(sweep):
 
 # ---------------------------------------------------------------------------------------------------------------
 
+def install_signals(sweeps):
+    """SIGINT/SIGTERM stop the trainers that sweeps() (called at the signal: a study's workers come later) lists
+    (objects with .child, a Popen or None) and exit 130:
+    finished runs are kept, the same command continues. os._exit, because worker threads may be waiting on their
+    children. SIGPIPE ends the output quietly (`| head`)."""
+    def on_signal(signum, frame):
+        for w in sweeps():
+            if w.child is not None and w.child.poll() is None:
+                w.child.terminate()
+                try:
+                    w.child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    w.child.kill()
+        log("interrupted: finished runs are kept; run the same command again to continue")
+        sys.stdout.flush()
+        os._exit(130)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="scaling_sweep.py", description=__doc__.split("\n\n")[0],
@@ -1044,18 +1065,7 @@ the estimate for any setting.
     sweep = Sweep(a)
     os.makedirs(sweep.dir, exist_ok=True)
 
-    def on_signal(signum, frame):
-        if sweep.child is not None and sweep.child.poll() is None:
-            sweep.child.terminate()
-            try:
-                sweep.child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sweep.child.kill()
-        log("interrupted: finished runs are kept; run the same command again to continue")
-        sys.exit(130)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    install_signals(lambda: [sweep])
 
     settings = os.path.join(sweep.dir, "sweep.json")
     keys = ["models", "tokens_per_param", "steps", "min_steps", "batch_size", "seq_len", "total_batch", "lr_center",

@@ -231,6 +231,23 @@ print('ok best lrs and their means/SEs recomputed from results.csv, Muon ran at 
 if [ $? -eq 0 ] && [ "$(grep -c '^  \[run\]' "$W/mu2.log")" -eq 0 ]; then pass "muon-lr again: nothing trained"
 else fail "muon-lr again: $(grep -c '^  \[run\]' "$W/mu2.log") runs trained: $(tail -n 2 "$W/mu2.log" | tr '\n' ' ')"; fi
 
+# SIGTERM while two runs train: both trainers are stopped, exit 130 with the "interrupted" line (the handler is
+# scaling_sweep.install_signals, shared with the scaling sweep)
+"$PY" "${MU[@]}" --name interrupt --steps 2000 --no-halves > "$W/int.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do [ "$(grep -c '^  \[run\]' "$W/int.log")" -ge 2 ] && break; sleep 0.1; done
+sleep 1
+kill -TERM $pid
+wait $pid
+rc=$?
+sleep 0.5
+left=$(pgrep -f -- "$W/sweeps/interrupt/" | wc -l)
+if [ $rc -eq 130 ] && grep -q "interrupted: finished runs are kept" "$W/int.log" && [ "$left" -eq 0 ]; then
+    pass "muon-lr interrupted with two runs training: exit 130, no trainer left"
+else
+    fail "muon-lr interrupted: exit $rc (want 130), $left trainers left: $(tail -n 2 "$W/int.log" | tr '\n' ' ')"
+fi
+
 "$PY" "${IN[0]}" spikes "${IN[@]:1}" --name nothing > "$W/sp3.log" 2>&1
 rc=$?
 if [ $rc -ne 0 ] && grep -q "^error: .*study.json does not exist: run .scripts/instability.py lr" "$W/sp3.log"; then
