@@ -3,12 +3,13 @@
 # (train_moe.c, with comm/comm_cuda.c's host-staged path; checked by dev/cuda/trainer_check.sh: --device cuda vs
 # --device cpu, and resume on the device) on the CPU, against the real kernels and op table of model/cuda/*.cu,
 # emulated: blocks in sequence, a block's threads as fibers switched at every barrier (include/cuda_runtime.h says
-# how missing barriers are caught), warp shuffles and __match_any_sync through a per-warp exchange, cuBLAS GemmEx /
+# how missing barriers are caught), warp shuffles, __match_any_sync and the
+# warp matrix API (nvcuda::wmma, include/mma.h; checked first by wmma_test.cpp) through a per-warp exchange, cuBLAS GemmEx /
 # GemmGroupedBatchedEx / SgemmStridedBatched and CUB's radix sort on the host (column-major, as documented;
 # alignment and type table checked). This verifies the kernels' logic (indexing, barriers, reductions, the op
 # table, model.c's bf16 path), not the GPU's arithmetic, memory model or speed.
 #
-#   bash dev/cuda/emu/run.sh                 # all: test_cuda test_cuda_attn_moe test_cuda_model trainer
+#   bash dev/cuda/emu/run.sh                 # all: wmma test_cuda test_cuda_attn_moe test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
 #
 # EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default build/emu) keeps
@@ -22,7 +23,7 @@ mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
 SAN="-O2"  # optimisation (and any sanitizer flags) for every object
-TESTS=${*:-test_cuda test_cuda_attn_moe test_cuda_model trainer}
+TESTS=${*:-wmma test_cuda test_cuda_attn_moe test_cuda_model trainer}
 # the backend's .cu files as host C++ (launch syntax and dynamic shared memory rewritten), compiled when changed
 CU_OBJ=()
 for f in ops_cuda dense attention moe optim; do
@@ -50,6 +51,15 @@ done
 link() { g++ $SAN -fopenmp "$@" "${CU_OBJ[@]}" "${C_OBJ[@]}" -L$OB -Wl,-rpath,$OB -lopenblas -lm; }
 rc=0
 for t in $TESTS; do
+    if [ $t = wmma ]; then
+        # the emulated warp matrix API itself (include/mma.h), before any kernel is checked with it
+        python3 prep.py wmma_test.cpp $B/wmma_test.cpp > /dev/null
+        g++ -std=c++20 $SAN -g -I$PWD/include -w $B/wmma_test.cpp $B/r_emu_runtime.o -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/wmma_test
+        echo "==== wmma (the emulator's nvcuda::wmma)"
+        $B/wmma_test 2>&1 | tee $B/out_$t.log
+        [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
+        continue
+    fi
     if [ $t = trainer ]; then
         # with Open MPI's compilers (as make builds it): the trainer also runs on 2 ranks sharing the emulated GPU
         CC_T=gcc; CXX_T=g++; MPI_DEF=""; MPI_ARG=""

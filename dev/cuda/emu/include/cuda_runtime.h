@@ -35,8 +35,15 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 static inline const char* cudaGetErrorName(cudaError_t) { return "emu"; }
 static inline const char* cudaGetErrorString(cudaError_t) { return "emu"; }
 static inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
-static inline cudaError_t cudaMalloc(void** p, size_t n) { *p = calloc(1, n + 64); return cudaSuccess; }
-template <class T> static inline cudaError_t cudaMalloc(T** p, size_t n) { *p = (T*)calloc(1, n + 64); return cudaSuccess; }
+// device memory 256-byte aligned, as cudaMalloc's is (wmma's loads and stores check 32-byte alignment)
+static inline void* emu_device_alloc(size_t n) {
+    size_t bytes = (n + 64 + 255) & ~(size_t)255;
+    void* p = aligned_alloc(256, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+static inline cudaError_t cudaMalloc(void** p, size_t n) { *p = emu_device_alloc(n); return cudaSuccess; }
+template <class T> static inline cudaError_t cudaMalloc(T** p, size_t n) { *p = (T*)emu_device_alloc(n); return cudaSuccess; }
 static inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void** p, size_t n) { *p = calloc(1, n + 64); return cudaSuccess; }
 static inline cudaError_t cudaFreeHost(void* p) { free(p); return cudaSuccess; }
