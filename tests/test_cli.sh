@@ -13,9 +13,7 @@
 #    while checkpoints are being written leaves a resumable run.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" cli "$@"
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_trainer
 
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures: small random shards, vocab 4096 (k2-l1's), T = 32

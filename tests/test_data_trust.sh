@@ -17,9 +17,7 @@
 #    rank 1's shard is cut: both ranks end within seconds.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" data_trust "$@"
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_trainer
 
 D=$W/data
 mkdir -p "$D"

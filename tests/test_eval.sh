@@ -20,9 +20,7 @@
 # 5. bad input: each case exits non-zero with one stderr line "error: ..." that names the file or flag.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" eval "$@"
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_trainer
 SPM_BIN=${SPM_ENCODE_BIN:-$ROOT/build/tests/spm_encode}  # make test-asan: the sanitizer build
 if [ ! -x "$SPM_BIN" ]; then
     make -s build/tests/spm_encode >"$W/make2.log" 2>&1 || { fail "build: make build/tests/spm_encode failed"; finish; }

@@ -23,9 +23,7 @@
 # Nothing is skipped: a train_moe without --export-hf or --eval --dump-logits fails here.
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" hf_parity "$@"
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_trainer
 if ! "$PY" -c 'import numpy' 2>/dev/null; then
     fail "$PY has no numpy (apt-get install python3-numpy): dev/hf/hf_ref.py needs it"; finish
 fi

@@ -21,28 +21,14 @@
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" instability "$@"
 
-if ! "$PY" -c 'import numpy, matplotlib' 2>/dev/null; then
-    fail "python: $PY needs numpy and matplotlib (apt-get install python3-numpy python3-matplotlib)"
-    finish
-fi
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_plot_python
+need_trainer
 
-check() {
-    local name=$1 code=$2 out
-    out=$(cd "$ROOT/scripts" && "$PY" -c "$code" 2>&1)
-    if [ $? -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^ok'; then
-        pass "$name: $(echo "$out" | tail -n 1 | cut -c4-)"
-    else
-        fail "$name: $(echo "$out" | tail -n 4 | tr '\n' ' ')"
-    fi
-}
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. the analysis
 
-check "robust z: a jump scores, noise does not" '
+py_check "robust z: a jump scores, noise does not" '
 import numpy as np, instability as ins
 rng = np.random.default_rng(3)
 x = 1.0 + 0.01 * rng.standard_normal(100); x[70] += 0.5
@@ -53,7 +39,7 @@ quiet = np.delete(np.abs(z[16:]), 70 - 16)
 assert quiet.max() < 6, quiet.max()
 print("ok jump z %.1f, largest |z| elsewhere %.1f" % (z[70], quiet.max()))'
 
-check "first movers: the early mover first, the still series last" '
+py_check "first movers: the early mover first, the still series last" '
 import numpy as np, instability as ins
 rng = np.random.default_rng(4)
 steps = np.arange(1, 121)
@@ -67,7 +53,7 @@ assert rows[0]["first_step"] == 90 and rows[0]["lead"] == 10 and rows[1]["lead"]
 assert rows[2]["first_step"] is None, rows[2]
 print("ok early at step 90 (10 before), late at the spike, still never")'
 
-check "classify: diverged vs never learned" '
+py_check "classify: diverged vs never learned" '
 import math, instability as ins
 nan = float("nan")
 mk = lambda lr, **kw: dict(model="m", setting="s", lr="%g" % lr, status="ok", train_loss_first=8.3, **kw)
@@ -85,7 +71,7 @@ assert got == [False, True, False, True, True, True], got
 assert [r["loss_capped"] for r in rows] == [4.2, 6.55, 6.60, 6.60, 6.62, 6.62]
 print("ok", got)'
 
-check "summary: best lr, lr sensitivity, first unstable and diverged lr" '
+py_check "summary: best lr, lr sensitivity, first unstable and diverged lr" '
 import instability as ins
 mk = lambda lr, vl, div, sp=0: dict(model="m", setting="adamw", lr="%g" % lr, val_loss=vl, diverged=div,
                                    loss_capped=min(vl, 6.0), n_spikes=sp, peak_max_logit=1.0)
@@ -97,7 +83,7 @@ assert s["first_unstable_lr"] == 0.04 and s["first_diverged_lr"] == 0.08 and s["
 assert s["spikes_total"] == 1
 print("ok sensitivity %.4f" % s["lr_sensitivity"])'
 
-check "part 3: variant names, the best lr within one SE, cell statistics" '
+py_check "part 3: variant names, the best lr within one SE, cell statistics" '
 import math, instability as ins
 for args in (("adamw", 1, 1.0), ("muon", 3, 0.25), ("muon", 12, 1.414)):
     v = ins.variant_name(args[0], args[1], args[2])
@@ -135,7 +121,7 @@ if [ $rc -eq 0 ] && [ "$nrun" -eq 6 ] && [ "$ndone" -eq 6 ]; then
 else
     fail "lr: exit $rc, $nrun runs, $ndone finished: $(tail -n 4 "$W/lr1.log" | tr '\n' ' ')"
 fi
-check "lr: results.csv, summary.csv, report.md and the figure agree" "
+py_check "lr: results.csv, summary.csv, report.md and the figure agree" "
 import csv, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
 R = '$W/res'
 rows = list(csv.DictReader(open(R + '/results.csv')))
@@ -167,7 +153,7 @@ if [ $rc -eq 0 ] && [ -f "$W/res/spikes.md" ] && [ -f "$W/res/spikes.csv" ]; the
 else
     fail "spikes: exit $rc: $(tail -n 4 "$W/sp1.log" | tr '\n' ' ')"
 fi
-check "spikes: replay equals the log, the injection is named, the counterfactuals are there" "
+py_check "spikes: replay equals the log, the injection is named, the counterfactuals are there" "
 import csv, glob, json
 R, S = '$W/res', '$S'
 md = open(R + '/spikes.md').read()
@@ -204,7 +190,7 @@ if [ $rc -eq 0 ] && [ "$nrun" -eq $((10 + nhalf)) ] && [ "$nhalf" -ge 4 ] && [ -
 else
     fail "muon-lr: exit $rc, $nrun runs, $nhalf of the halves (want 10 + the halves, >= 4): $(tail -n 3 "$W/mu1.log" | tr '\n' ' ')"
 fi
-check "muon-lr: the report's numbers are the runs' numbers" "
+py_check "muon-lr: the report's numbers are the runs' numbers" "
 import csv, json, math, numpy as np
 R = '$W/mres'
 rows = list(csv.DictReader(open(R + '/results.csv')))

@@ -23,9 +23,7 @@ if ! "$PY" -c 'import matplotlib, numpy' 2>/dev/null; then
     fail "plots: $PY has no matplotlib/numpy (apt-get install python3-matplotlib python3-numpy)"
     finish
 fi
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(oneline "$W/make.log")"; finish; }
-fi
+need_trainer
 
 # check_pngs LIST_FILE MIN_COUNT NAME: every path listed exists and is a PNG (signature, IHDR chunk, > 2 KB)
 check_pngs() {

@@ -13,36 +13,21 @@
 # Each check prints one PASS/FAIL/SKIP line; the last line is "N passed, N failed, N skipped".
 . "$(dirname "$0")/lib.sh" sweep "$@"
 
-if ! "$PY" -c 'import numpy, matplotlib' 2>/dev/null; then
-    fail "python: $PY needs numpy and matplotlib (apt-get install python3-numpy python3-matplotlib)"
-    finish
-fi
-if [ ! -x "$BIN" ]; then
-    make -s train_moe >"$W/make.log" 2>&1 || { fail "build: make train_moe failed: $(tail -n 3 "$W/make.log" | tr '\n' ' ')"; finish; }
-fi
+need_plot_python
+need_trainer
 
-# check NAME PYTHON: runs the snippet with scripts/ importable; it prints "ok ..." or raises / prints "bad ..."
-check() {
-    local name=$1 code=$2 out
-    out=$(cd "$ROOT/scripts" && "$PY" -c "$code" 2>&1)
-    if [ $? -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^ok'; then
-        pass "$name: $(echo "$out" | tail -n 1 | cut -c4-)"
-    else
-        fail "$name: $(echo "$out" | tail -n 4 | tr '\n' ' ')"
-    fi
-}
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. fits
 
-check "fit: exact power law" '
+py_check "fit: exact power law" '
 import numpy as np, scaling_sweep as s
 C = np.logspace(-6, -3, 5); L = 2.6 * C ** -0.054
 a, b = s.fit_power(C, L)
 assert abs(a - 2.6) < 1e-9 and abs(b + 0.054) < 1e-12, (a, b)
 print("ok a=%.6f b=%.6f" % (a, b))'
 
-check "fit: power law + 0.2% noise" '
+py_check "fit: power law + 0.2% noise" '
 import numpy as np, scaling_sweep as s
 rng = np.random.default_rng(1)
 C = np.logspace(-6, -3, 8); L = 2.5 * C ** -0.05 * np.exp(0.002 * rng.standard_normal(8))
@@ -50,14 +35,14 @@ a, b = s.fit_power(C, L)
 assert abs(a / 2.5 - 1) < 0.03 and abs(b + 0.05) < 0.003, (a, b)
 print("ok a=%.4f (2.5) b=%.5f (-0.05)" % (a, b))'
 
-check "fit: E + a C^b" '
+py_check "fit: E + a C^b" '
 import numpy as np, scaling_sweep as s
 C = np.logspace(-6, -2, 7); L = 1.5 + 0.8 * C ** -0.1
 E, a, b, sse = s.fit_power_irreducible(C, L, n_grid=4000)
 assert abs(E - 1.5) < 0.02 and abs(b + 0.1) < 0.005, (E, a, b)
 print("ok E=%.4f a=%.4f b=%.4f" % (E, a, b))'
 
-check "fit: compute ratio + bootstrap" '
+py_check "fit: compute ratio + bootstrap" '
 import numpy as np, scaling_sweep as s
 rng = np.random.default_rng(2)
 C = np.logspace(-6, -3, 5); aA, b = 2.608, -0.054
@@ -74,7 +59,7 @@ print("ok ratio %.3f, 95%% CI [%.3f, %.3f] (true 0.52)" % (r, lo, hi))'
 # ---------------------------------------------------------------------------------------------------------------
 # 2. SVD entropy
 
-check "svd entropy: identity, rank one, known spectrum" '
+py_check "svd entropy: identity, rank one, known spectrum" '
 import numpy as np, math, scaling_sweep as s
 rng = np.random.default_rng(3)
 assert abs(s.svd_entropy(np.eye(6)[None])[0] - 1) < 1e-12
@@ -124,7 +109,7 @@ nfiles=$(ls "$S"/*/run.json "$S"/*/cmd.txt "$S"/*/stdout.log "$S"/*/train/log.js
 [ -z "$(ls "$S"/*/train/state_*.bin 2>/dev/null)" ] && [ "$(ls "$S"/*/train/model_00000006.bin | wc -l)" -eq "$nrun" ] \
     && pass "runs: final models kept, optimizer state files removed" || fail "runs: model/state files"
 
-check "outputs: results.csv, series.csv, fits.json, entropy.csv, report.md, PNGs parse" "
+py_check "outputs: results.csv, series.csv, fits.json, entropy.csv, report.md, PNGs parse" "
 import csv, json, math, os
 import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
 S = '$S'
@@ -153,7 +138,7 @@ for png in ('scaling.png', 'lr_sweep.png'):
 print('ok %d rows, fits for 3 series, ratio %.3g, two PNGs' % (len(rows), fits['compute_ratio']['muon_tuned']['ratio']))
 "
 
-check "model file: the trainer's --print-layout carves it, matching its header" "
+py_check "model file: the trainer's --print-layout carves it, matching its header" "
 import glob, scaling_sweep as s
 p = sorted(glob.glob('$S/k2-l2-adamw-*/train/model_00000006.bin'))[0]
 lay = s.trainer_layout(['$BIN', '--model', 'k2-l2', '--seq-len', '64'])
@@ -168,7 +153,7 @@ assert params['lm_head'].tobytes() == raw[1024 + 4 * lay['tensors'][-1]['offset'
 print('ok %s: %d tensors, %d router biases' % (p.split('/')[-3], len(params), bias.size))
 "
 
-check "model file: a layout of another model is refused, naming the field" "
+py_check "model file: a layout of another model is refused, naming the field" "
 import glob, scaling_sweep as s
 p = sorted(glob.glob('$S/k2-l2-adamw-*/train/model_00000006.bin'))[0]
 lay = s.trainer_layout(['$BIN', '--model', 'k2-l1', '--seq-len', '64'])
