@@ -1213,7 +1213,7 @@ def main(argv=None):
         if not os.path.exists(settings):
             sys.exit("error: %s does not exist: run `scripts/instability.py lr%s` first" % (
                 settings, " --quick" if a.quick else ""))
-    load_or_save_settings(a, study, settings, keys)
+    ss.load_or_save_settings(a, study, settings, keys)
     ss.install_signals(lambda: [study] + getattr(study, "workers", []))
     if a.part == "spikes":
         report_spikes(study, out_dir, a.max_spikes, a.lookback)
@@ -1232,19 +1232,6 @@ def check_inputs(a):
             sys.exit("error: %s %s matches no file%s" % (flag, pat, " (run `make data`)" if "data/default" in pat else ""))
     if not os.access(a.trainer, os.X_OK):
         sys.exit("error: %s is not built (make train_moe)" % a.trainer)
-
-
-def load_or_save_settings(a, study, settings, keys):
-    """--report-only (and part 2) describe the study as it was run (its study.json); a run saves them."""
-    if a.report_only and os.path.exists(settings):
-        with open(settings) as f:
-            saved = json.load(f)
-        for k in keys:
-            if k in saved:
-                setattr(a, k, saved[k])
-        study.tps = a.total_batch or a.batch_size * a.seq_len
-    elif not a.report_only and not a.dry_run:
-        study.save_settings = lambda: ss.write_json(settings, {k: getattr(a, k) for k in keys})
 
 
 MUON_LR = {
@@ -1279,7 +1266,7 @@ def main_muon_lr(a):
     keys = ["models", "tokens_per_param", "steps", "min_steps", "batch_size", "seq_len", "total_batch", "seeds",
             "adamw_k", "muon_k", "half_steps", "max_extend", "halves", "val_batches", "train_data", "val_data",
             "trainer_args"]
-    load_or_save_settings(a, study, os.path.join(study.dir, "study.json"), keys)
+    ss.load_or_save_settings(a, study, os.path.join(study.dir, "study.json"), keys)
     ss.install_signals(lambda: [study] + getattr(study, "workers", []))
     ml = MuonLr(study, a)
     if not a.report_only:

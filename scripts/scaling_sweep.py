@@ -982,6 +982,20 @@ def install_signals(sweeps):
     signal.signal(signal.SIGTERM, on_signal)
 
 
+
+def load_or_save_settings(a, study, settings, keys):
+    """--report-only describes a study as it was run (the settings file it saved: these keys of the flags); a run
+    saves them, before each new run and at the end (not before a settings conflict is found)."""
+    if a.report_only and os.path.exists(settings):
+        with open(settings) as f:
+            saved = json.load(f)
+        for k in keys:
+            if k in saved:
+                setattr(a, k, saved[k])
+        study.tps = a.total_batch or a.batch_size * a.seq_len
+    elif not a.report_only and not a.dry_run:
+        study.save_settings = lambda: write_json(settings, {k: getattr(a, k) for k in keys})
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="scaling_sweep.py", description=__doc__.split("\n\n")[0],
@@ -1070,16 +1084,7 @@ the estimate for any setting.
     settings = os.path.join(sweep.dir, "sweep.json")
     keys = ["models", "tokens_per_param", "steps", "min_steps", "batch_size", "seq_len", "total_batch", "lr_center",
             "lr_factor", "grid", "max_extend", "val_batches", "seed", "train_data", "val_data", "trainer_args"]
-    if a.report_only and os.path.exists(settings):
-        with open(settings) as f:  # the report describes the sweep as it was run
-            saved = json.load(f)
-        for k in keys:
-            if k in saved:
-                setattr(a, k, saved[k])
-        sweep.tps = a.total_batch or a.batch_size * a.seq_len
-    elif not a.report_only and not a.dry_run:
-        # written before each new run and at the end (not before a settings conflict is found)
-        sweep.save_settings = lambda: write_json(settings, {k: getattr(a, k) for k in keys})
+    load_or_save_settings(a, sweep, settings, keys)
     if not a.report_only:
         sweep.train_all()
         if a.dry_run:
