@@ -52,6 +52,21 @@ ifneq ($(NVCC),)
   CUDA_OBJ = $(CUDA_SRC:%.cu=build/%.o)
   CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
   SELECT_SRC =
+  # the cuDNN attention path (model/cuda/sdpa_cudnn.c, C on cuDNN's backend graph API; --attention): with cuDNN
+  # when cudnn_graph.h and libcudnn are found (cuDNN 9 ships with the toolkit's lib64, or as Debian's
+  # libcudnn9-dev-cuda-*); without them (or with `make CUDNN=0`) the file reports the path absent and --attention
+  # auto runs our kernels
+  CUDNN_SRC = model/cuda/sdpa_cudnn.c
+  CUDNN ?= 1
+  ifeq ($(CUDNN),1)
+    CUDNN_H := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn_graph.h /usr/include/cudnn_graph.h \
+                 /usr/include/x86_64-linux-gnu/cudnn_graph.h))
+    CUDNN_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/x86_64-linux-gnu/libcudnn.so))
+    ifneq ($(and $(CUDNN_H),$(CUDNN_LIB)),)
+      CUDNN_FLAGS = -DUSE_CUDNN -I$(patsubst %/,%,$(dir $(CUDNN_H)))
+      CUDA_LIBS += -L$(patsubst %/,%,$(dir $(CUDNN_LIB))) -Wl,-rpath,$(patsubst %/,%,$(dir $(CUDNN_LIB))) -lcudnn
+    endif
+  endif
   # the collectives on GPU buffers (comm/comm_cuda.c, C on the CUDA runtime's C API): over NCCL when nccl.h and
   # libnccl are found (in the toolkit or the system; `make NCCL=0` leaves it out), else staged through host memory
   COMM_SRC = comm/comm_cuda.c
@@ -71,29 +86,34 @@ else
   CUDA_OBJ =
   CUDA_LIBS =
   SELECT_SRC = model/ops_select.c
+  CUDNN_SRC =
   COMM_SRC =
   COMM_FLAGS =
 endif
 CFLAGS += $(COMM_FLAGS)
 # comm_cuda.c alone sees the toolkit's (and NCCL's) headers
 build/comm/comm_cuda.o: CFLAGS += -I$(CUDA_HOME)/include $(COMM_INC)
+# and sdpa_cudnn.c the toolkit's and cuDNN's
+build/model/cuda/sdpa_cudnn.o: CFLAGS += -I$(CUDA_HOME)/include $(CUDNN_FLAGS)
 
 CORE_SRC = common.c json.c model/config.c model/config_json.c model/params.c model/model.c model/experts.c \
-           model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
+           model/cuda/sdpa_plan.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c model/cpu/moe.c model/cpu/optim.c \
            $(SELECT_SRC) optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c \
            data/dataloader.c data/tokenizer.c data/spm.c train/checkpoint.c train/crc32c.c train/dist.c train/spikes.c \
            train/flags.c train/settings.c train/log.c train/setup.c train/loop.c train/report.c train/eval.c \
            train/safetensors.c train/hf.c train/atomic_file.c \
-           comm/comm.c $(COMM_SRC)
+           comm/comm.c $(COMM_SRC) $(CUDNN_SRC)
 CORE_OBJ = $(CORE_SRC:%.c=build/%.o) $(CUDA_OBJ)
 HEADERS = $(wildcard *.h model/*.h model/cpu/*.h model/cuda/*.h optim/*.h data/*.h train/*.h comm/*.h)
 CUDA_HEADERS = $(HEADERS) $(wildcard model/cuda/*.cuh)
 LDLIBS += $(CUDA_LIBS)
 
 # the CUDA tests: the dense/optimizer ops, the attention/MoE ops, and the whole model vs the CPU backend
-CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/tests/test_cuda_model
+# and the cuDNN attention path's kernels and (on a GPU) the path itself vs ours and the CPU twin
+CUDA_TEST_BINS = build/tests/test_cuda build/tests/test_cuda_attn_moe build/tests/test_cuda_model build/tests/test_cuda_sdpa
 
-TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon build/tests/test_vec build/tests/spm_encode $(CUDA_TEST_BINS)
+TEST_BINS = build/tests/test_gradcheck build/tests/test_parity build/tests/test_muon build/tests/test_vec build/tests/spm_encode \
+            build/tests/test_sdpa_plan $(CUDA_TEST_BINS)
 
 .PHONY: all test test-cuda test-asan asan fuzz fuzz-build data train clean
 all: train_moe
@@ -160,7 +180,7 @@ ASAN_CC = $(if $(MPI_FLAGS),OMPI_CC=clang mpicc,clang)
 ASAN_CFLAGS = -O1 -g $(SAN_FLAGS) $(MPI_FLAGS) -fopenmp $(STD_WARN) -Wno-pass-failed -I$(OPENBLAS_INC)
 ASAN_LDLIBS = -lm $(BLAS_LIBS)
 # the core without the CUDA backend: model/ops_select.c stands in for it (as in a CUDA=0 build)
-CPU_CORE_SRC = $(filter-out $(COMM_SRC) model/ops_select.c,$(CORE_SRC)) model/ops_select.c
+CPU_CORE_SRC = $(filter-out $(COMM_SRC) $(CUDNN_SRC) model/ops_select.c,$(CORE_SRC)) model/ops_select.c
 ASAN_OBJ = $(CPU_CORE_SRC:%.c=build-asan/%.o)
 ASAN_TEST_BINS = build-asan/tests/test_gradcheck build-asan/tests/test_parity build-asan/tests/test_muon build-asan/tests/spm_encode
 # a planted heap overflow and signed overflow: run_asan.sh checks that each is reported (the sanitizers are live)

@@ -31,6 +31,10 @@ fi
 # Muon's Newton-Schulz (spectrum, singular vectors, batching) and QK-Clip
 run muon ./build/tests/test_muon
 
+# the cuDNN attention path's plan (tensors, strides, uids, refusals), its descriptors on the host where libcudnn
+# is linked (else SKIP), and the CPU twin's exact max logit and its log-sum-exp bound
+run "cuDNN attention plan" ./build/tests/test_sdpa_plan
+
 # the CPU backend's exp (scalar and AVX2, against exp over its whole range) and softmax row kernels (model/cpu/vec.h)
 run "vector math" ./build/tests/test_vec
 

@@ -22,6 +22,9 @@ const FlagSpec flag_specs[] = {
      "config.json or the folder holding it"},
     {"--device", F_STR, FIELD(device), "auto", 0, 0, "auto|cpu|cuda", 0,
      "auto | cpu | cuda (auto: a visible GPU, else the CPU)"},
+    {"--attention", F_STR, FIELD(attention), "auto", 0, 0, "auto|cudnn|own", 0,
+     "CUDA attention: cudnn (cuDNN's SDPA) | own (our kernels) | auto (cuDNN where its version and the shape allow, "
+     "else ours); the banner says which and why. --device cpu: auto/own only"},
     {"--train-data", F_STR, FIELD(train_data), "data/default/train_*.bin", 0, 0, NULL, 0,
      "glob of llm.c token shards for training"},
     {"--val-data", F_STR, FIELD(val_data), "data/default/val_*.bin", 0, 0, NULL, 0,

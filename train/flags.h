@@ -9,6 +9,7 @@
 typedef struct {
     const char* model;        // preset name, or a DeepSeek-V3 config.json path (model/config_json.c)
     const char* device;       // auto | cpu | cuda
+    const char* attention;    // auto | cudnn | own: the CUDA backend's attention (train/setup.c setup_backend)
     const char* train_data;   // glob of training shards
     const char* val_data;     // glob of validation shards ("" = none)
     const char* tokenizer;    // tokenizer.bin for samples

@@ -88,6 +88,7 @@ void report_banner(Run* r) {
     config_print(&r->cfg, stdout);
     printf("device %s, %d threads; batch %d x %d tokens x %d micro-batches x %d ranks = %lld tokens/step\n",
            r->ops->name, r->threads, r->B, r->T, r->grad_accum, world, r->total_batch);
+    printf("attention: %s\n", r->attention);
     banner_memory(r);
     banner_optimizer(r);
     printf("data: %d train shard(s), %llu tokens, %zu windows; val %s; tokenizer %s\n", r->train.n_shards,

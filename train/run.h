@@ -18,6 +18,7 @@ typedef struct {
     long long total_batch;     // tokens per optimizer step, all ranks: B x T x grad_accum x world
     int threads;               // OpenMP threads of this rank
     int on_gpu;
+    char attention[256];       // the attention the backend runs and why (--attention; the banner prints it)
     DataLoader train, val;
     int have_val;              // --val-data names shards (val is open)
     Tokenizer tok;

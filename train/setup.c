@@ -3,6 +3,7 @@
 #include "log.h"
 #include "hf.h"
 #include "../model/config_json.h"
+#include "../model/cuda/sdpa_cudnn.h"
 #include <errno.h>
 #include <limits.h>
 #include <dirent.h>
@@ -88,6 +89,20 @@ void setup_backend(Run* r) {
     }
     r->ops = ops;
     r->on_gpu = strcmp(ops->name, "cpu") != 0;
+    // --attention: cuDNN's SDPA or our kernels, chosen once for the run's shape (the CPU has one attention)
+    if (!r->on_gpu) {
+        if (!strcmp(f->attention, "cudnn"))
+            fatal("flag --attention cudnn needs the CUDA backend on a GPU; this run is on the cpu device "
+                  "(use --attention auto or own)");
+        snprintf(r->attention, sizeof(r->attention), "the CPU backend's (--attention %s; cuDNN is a GPU path)",
+                 f->attention);
+    } else {
+        const ModelConfig* c = &r->cfg;
+        MlaShape shape = {.B = r->B > 0 ? r->B : 1, .T = r->T > 0 ? r->T : 1, .H = c->n_heads, .nope = c->qk_nope, .rope = c->qk_rope,
+                          .dv = c->v_head, .kv_lora = c->kv_lora};
+        if (ops_cuda_choose_attention(f->attention, shape, r->attention, sizeof(r->attention)) < 0)
+            fatal("flag --attention cudnn: %s (use --attention own or auto)", r->attention);
+    }
     comm_set_device(r->comm, ops != &ops_cpu, ops_cuda_stream());  // the model's buffers: GPU memory -> NCCL (or staged) collectives
     if (f->threads > 0) {
 #ifdef _OPENMP

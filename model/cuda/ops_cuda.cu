@@ -4,6 +4,7 @@
 //
 // Deterministic: everything here (copies, memset, the fp32 -> bf16 and bf16 -> fp32 conversions are element-wise).
 #include "cuda_common.cuh"
+#include "sdpa_cudnn.h"
 
 cudaStream_t cuda_stream = NULL;
 cublasHandle_t cuda_cublas = NULL;
@@ -86,7 +87,8 @@ static void cuda_act_to_host_f32(float* host, const void* src, size_t n) {
 // ----------------------------------------------------------------------------
 // the table
 
-static const Ops ops_cuda_table = {
+// not const: ops_cuda_set_attention swaps the attention pair (--attention, chosen once at start-up)
+static Ops ops_cuda_table = {
     .name = "cuda",
     .act_bytes = sizeof(bf16),
     .separate_compute_weights = 1,
@@ -103,6 +105,11 @@ static const Ops ops_cuda_table = {
 #include "../ops_list.h"
 #undef OP
 };
+
+extern "C" void ops_cuda_set_attention(int use_cudnn) {
+    ops_cuda_table.attention_forward = use_cudnn ? cudnn_attention_forward : cuda_attention_forward;
+    ops_cuda_table.attention_backward = use_cudnn ? cudnn_attention_backward : cuda_attention_backward;
+}
 
 // ----------------------------------------------------------------------------
 // selection

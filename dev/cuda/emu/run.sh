@@ -9,7 +9,7 @@
 # alignment and type table checked). This verifies the kernels' logic (indexing, barriers, reductions, the op
 # table, model.c's bf16 path), not the GPU's arithmetic, memory model or speed.
 #
-#   bash dev/cuda/emu/run.sh                 # all: wmma test_cuda test_cuda_attn_moe test_cuda_model trainer
+#   bash dev/cuda/emu/run.sh                 # all: wmma test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
 #
 # EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default build/emu) keeps
@@ -23,10 +23,12 @@ mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
 SAN="-O2"  # optimisation (and any sanitizer flags) for every object
-TESTS=${*:-wmma test_cuda test_cuda_attn_moe test_cuda_model trainer}
+TESTS=${*:-wmma test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer}
 # the backend's .cu files as host C++ (launch syntax and dynamic shared memory rewritten), compiled when changed
 CU_OBJ=()
-for f in ops_cuda dense attention moe optim; do
+# (attention_aux: the cuDNN path's own kernels; the cuDNN calls, model/cuda/sdpa_cudnn.c, are replaced by
+# sdpa_cudnn_stub.c below: cuDNN cannot be emulated)
+for f in ops_cuda dense attention attention_aux moe optim; do
     python3 prep.py $R/model/cuda/$f.cu $B/$f.cpp > /dev/null
     if [ ! -f $B/r_$f.o ] || ! cmp -s $B/$f.cpp $B/$f.cpp.built || [ include -nt $B/r_$f.o ] \
        || [ -n "$(find include emu_runtime.cpp $R/model/cuda $R/model/ops.h $R/common.h -newer $B/r_$f.o 2>/dev/null)" ]; then
@@ -37,10 +39,11 @@ for f in ops_cuda dense attention moe optim; do
 done
 g++ -std=c++20 $SAN -g -I$PWD/include -I$OBI -w -c emu_runtime.cpp -o $B/r_emu_runtime.o
 g++ -std=c++20 $SAN -g -fpermissive -I$PWD/include -I$R -w -DCOMM_CUDA -c comm_cuda_emu.cpp -o $B/r_comm_cuda.o
-CU_OBJ+=($B/r_emu_runtime.o $B/r_comm_cuda.o)
+gcc $SAN -g -std=gnu11 -w -c sdpa_cudnn_stub.c -o $B/r_sdpa_cudnn_stub.o
+CU_OBJ+=($B/r_emu_runtime.o $B/r_comm_cuda.o $B/r_sdpa_cudnn_stub.o)
 # the CPU side, one process (no MPI; device buffers through comm_cuda.c's host-staged path, as a build without
 # NCCL): built here so the build/ flags do not matter
-C_SRC="common.c json.c model/config.c model/config_json.c model/params.c model/model.c model/experts.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
+C_SRC="common.c json.c model/config.c model/config_json.c model/params.c model/model.c model/experts.c model/cuda/sdpa_plan.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
        model/cpu/moe.c model/cpu/optim.c optim/optimizer.c optim/muon.c optim/qkclip.c optim/schedule.c comm/comm.c"
 C_OBJ=()
 for f in $C_SRC; do
