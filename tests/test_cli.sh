@@ -296,6 +296,8 @@ else
     expect_error "--device cuda on a build without CUDA" "cuda" "$NEW" --device cuda
 fi
 expect_error "--device tpu" "--device" "$NEW" --device tpu
+expect_error "--attention flash" "--attention" "$NEW" --attention flash
+expect_error "--attention cudnn on the cpu device" "--attention cudnn needs the CUDA backend" "$NEW" --device cpu --attention cudnn
 expect_error "--optim sgd" "--optim" "$NEW" --optim sgd
 expect_error "--ns cubic" "--ns" "$NEW" --optim muon --ns cubic
 expect_error "--muon-router 2" "--muon-router" "$NEW" --optim muon --muon-router 2
