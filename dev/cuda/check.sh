@@ -8,7 +8,7 @@
 # Safe to rerun: make is incremental, the runs go to a fresh temporary folder, and the results file is new.
 #
 #   bash dev/cuda/check.sh                       # everything
-#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test parity trainer hf nano small
+#   STAGES="build test" bash dev/cuda/check.sh   # a subset: build test sdpa parity trainer hf nano small
 #
 # On the device machine (see /work/.library/device/README.md), from this repo's root here:
 #   bash dev/cuda/fetch_debs.sh     # once: OpenBLAS .debs, in case the GPU image has no OpenBLAS (no network there)
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-450}))
-STAGES=${STAGES:-build test parity trainer hf nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
+STAGES=${STAGES:-build test sdpa parity trainer hf nano small}  # small needs ~3-4 minutes of the deadline: drop it to save time
 STAMP=$(date -u +%Y-%m-%d_%H%M)
 W=$(mktemp -d /tmp/train_moe_cuda.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -110,6 +110,28 @@ if want test && [ $BUILD_OK = 1 ]; then
         if [ $rc -eq 0 ] && [ -n "$summary" ]; then row "$t" ok "$summary"
         else row "$t" FAIL "exit $rc; ${summary:-no summary line} (see $t.log)"; fi
     done
+fi
+
+# ---------------------------------------------------------------------------- cuDNN attention
+# tests/test_cuda_sdpa: our max-logit / K / dK kernels; cuDNN's SDPA (non-causal plumbing: out, Stats = lse, dq, dkv,
+# da vs float64); causal cuDNN vs ours vs the CPU twin where --attention cudnn can be chosen; fwd+bwd timing, ours
+# and cuDNN's (TIME lines; TEST_CUDA_SDPA_TIME_SHAPE="B T H nope rope dv" changes the shape)
+if want sdpa && [ $BUILD_OK = 1 ]; then
+    T=$(limit 30 150)
+    if [ -z "$T" ]; then row sdpa SKIP "no time left"
+    elif ! timeout "$T" make -j"$(nproc)" "${MAKEVARS[@]}" build/tests/test_cuda_sdpa >> "$LOGS/build.log" 2>&1; then
+        row sdpa FAIL "make build/tests/test_cuda_sdpa failed (see build.log)"
+    else
+        T=$(limit 20 150)
+        say "test_cuda_sdpa (timeout ${T:-0}s)"
+        timeout "${T:-1}" ./build/tests/test_cuda_sdpa > "$LOGS/test_cuda_sdpa.log" 2>&1
+        rc=$?
+        grep -E '^(FAIL|SKIP|TIME|cuDNN)' "$LOGS/test_cuda_sdpa.log" | head -n 40
+        summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/test_cuda_sdpa.log" | tail -n 1)
+        times=$(grep -E '^TIME' "$LOGS/test_cuda_sdpa.log" | sed 's/^TIME attention fwd+bwd //' | tr '\n' ';')
+        if [ $rc -eq 0 ] && [ -n "$summary" ]; then row sdpa ok "$summary; $times"
+        else row sdpa FAIL "exit $rc; ${summary:-no summary line}; $times (see test_cuda_sdpa.log)"; fi
+    fi
 fi
 
 # ---------------------------------------------------------------------------- trainer runs
