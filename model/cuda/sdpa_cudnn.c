@@ -94,7 +94,8 @@ static cudnnBackendDescriptor_t create(DescList* l, Err* e, cudnnBackendDescript
 }
 
 static void destroy_all(DescList* l) {
-    for (int i = l->n - 1; i >= 0; i--) cudnnBackendDestroyDescriptor(l->d[i]);
+    for (int i = l->n - 1; i >= 0; i--)
+        if (l->d[i]) cudnnBackendDestroyDescriptor(l->d[i]);
     l->n = 0;
 }
 
@@ -271,13 +272,17 @@ static CachedPlan* get_plan(const SdpaPlan* p, int bwd, Err* e) {
             cudnnBackendSetAttribute(ex, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                      &cfgs[i]) == CUDNN_STATUS_SUCCESS &&
             cudnnBackendFinalize(ex) == CUDNN_STATUS_SUCCESS) {
+            // kept with the plan: the execution plan and its engine config (10 tensors, op, graph, heuristics,
+            // config, plan: room to spare)
             c->exec = ex;
-            c->descs.d[c->descs.n++] = ex;  // 10 tensors, op, graph, heuristics: room to spare
+            c->descs.d[c->descs.n++] = cfgs[i];
+            c->descs.d[c->descs.n++] = ex;
+            cfg_list.d[i] = NULL;
         } else {
             cudnnBackendDestroyDescriptor(ex);
         }
     }
-    destroy_all(&cfg_list);  // the execution plan keeps what it needs of its config
+    destroy_all(&cfg_list);  // the configs not taken
     if (!e->failed && !c->exec) {
         snprintf(e->msg, sizeof(e->msg), "no cuDNN engine for the SDPA %s of this shape on this GPU (%lld configs from "
                  "the heuristics, %d nondeterministic skipped, %d failed to finalize)", bwd ? "backward" : "forward",
