@@ -186,6 +186,30 @@ static void test_cudnn_host(void) {
           err ? err : "(finalized)");
 }
 
+// --attention's choice for the trainer's (causal) attention: its return and the banner's reason. The library's
+// 9.19 has no causal mask, so auto falls back to our kernels and cudnn is refused, both saying why; own is ours.
+static void test_choice(void) {
+    MlaShape s = {.B = 2, .T = 64, .H = 4, .nope = 128, .rope = 64, .dv = 128, .kv_lora = 512};
+    char why[256];
+    int r = ops_cuda_choose_attention("own", s, why, sizeof(why));
+    if (sdpa_cudnn_version() == 0) {
+        r = ops_cuda_choose_attention("cudnn", s, why, sizeof(why));
+        check(r == -1 && why[0], "--attention cudnn without cuDNN in the binary: refused (%s)", why);
+        return;
+    }
+    check(r == 0 && strstr(why, "own"), "--attention own: our kernels (\"%s\")", why);
+    r = ops_cuda_choose_attention("auto", s, why, sizeof(why));
+    if (sdpa_cudnn_version() < SDPA_CUDNN_CAUSAL_MIN_VERSION) {
+        check(r == 0 && strstr(why, "auto") && strstr(why, "causal"), "--attention auto on cuDNN %ld: our kernels, "
+              "saying why (\"%s\")", sdpa_cudnn_version(), why);
+        r = ops_cuda_choose_attention("cudnn", s, why, sizeof(why));
+        check(r == -1 && strstr(why, "causal"), "--attention cudnn on cuDNN %ld: refused, saying why (\"%s\")",
+              sdpa_cudnn_version(), why);
+    } else {
+        skip("--attention auto/cudnn on cuDNN %ld: the choice needs a GPU (%s)", sdpa_cudnn_version(), why);
+    }
+}
+
 // the CPU twin: exact maxlogit, and max <= lse <= max + log(row length)
 static void test_cpu_maxlogit_lse(void) {
     MlaShape s = {.B = 2, .T = 37, .H = 3, .nope = 8, .rope = 8, .dv = 8, .kv_lora = 12};
@@ -245,6 +269,7 @@ int main(void) {
     test_plan_layout();
     test_plan_refusals();
     test_cudnn_host();
+    test_choice();
     test_cpu_maxlogit_lse();
     return tests_summary();
 }

@@ -98,7 +98,7 @@ int sdpa_plan_make(SdpaPlan* p, MlaShape sh, int causal, long cudnn_version) {
                       "(16-byte aligned)", (int)nope);
     if (cudnn_version <= 0) return refuse(p, "no cuDNN library in this build");
     if (causal && cudnn_version < SDPA_CUDNN_CAUSAL_MIN_VERSION)
-        return refuse(p, "cuDNN %d.%d: its SDPA operation has no causal mask (needs 9.21: SDPA subgraph with a "
-                      "diagonal band mask)", (int)(cudnn_version / 10000), (int)(cudnn_version / 100 % 100));
+        return refuse(p, "cuDNN's SDPA operation has no causal mask before 9.21 (the SDPA subgraph with a diagonal "
+                      "band mask)");
     return 1;
 }
