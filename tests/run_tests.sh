@@ -19,6 +19,7 @@ run gradcheck ./build/tests/test_gradcheck
 # the CUDA ops vs their CPU twins (SKIP without a GPU or without the CUDA backend)
 run cuda ./build/tests/test_cuda
 run "cuda attention+moe" ./build/tests/test_cuda_attn_moe
+run "cuda cuDNN attention path" ./build/tests/test_cuda_sdpa
 run "cuda whole model" ./build/tests/test_cuda_model
 # the same three CUDA tests against the backend's own code (model/cuda/*.cu), run on the CPU by an emulator
 # (fibers for CUDA threads, host cuBLAS): checks the kernels' and the bf16 model path's logic where no GPU is present
