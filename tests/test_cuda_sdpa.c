@@ -87,6 +87,7 @@ static void test_maxlogit_shape(MlaShape s) {
 static void test_maxlogit(void) {
     test_maxlogit_shape(mla_shape(2, 70, 3, 16, 8, 16, 24));  // partial query and key tiles (70 = 2*32 + 6)
     test_maxlogit_shape(mla_shape(1, 33, 2, 8, 8, 8, 8));
+    test_maxlogit_shape(mla_shape(1, 150, 2, 128, 64, 128, 64));  // K2's dqk 192: 3 key tiles, 55 KB of shared memory
 }
 
 // ----------------------------------------------------------------------------
