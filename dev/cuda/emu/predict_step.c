@@ -124,10 +124,11 @@ int main(int argc, char** argv) {
         if (!f) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
         double calls, flops, bytes, t0, t1;
         emu_cost_totals(NULL, &calls, &flops, &bytes, &t0, &t1);
-        fprintf(f, "{\"model\":\"%s\",\"batch\":%d,\"seq_len\":%d,\"optim\":\"%s\",\"tokens\":%.0f,"
+        fprintf(f, "{\"model\":\"%s\",\"batch\":%d,\"seq_len\":%d,\"optim\":\"%s\",\"experts\":%d,"
+                   "\"moe_layers\":%d,\"tokens\":%.0f,"
                    "\"model_flops_per_token\":%.6g,\"counted_flops\":%.6g,\"bytes\":%.6g,\"calls\":%.0f,"
                    "\"step_ms\":{\"H100\":%.4f,\"H200\":%.4f},\"tok_s\":{\"H100\":%.1f,\"H200\":%.1f},"
-                   "\"mfu\":{\"H100\":%.4f,\"H200\":%.4f}}\n", model_name, B, T, optim, tokens_per_step, fpt, flops, bytes,
+                   "\"mfu\":{\"H100\":%.4f,\"H200\":%.4f}}\n", model_name, B, T, optim, cfg.n_experts, cfg_n_moe(&cfg), tokens_per_step, fpt, flops, bytes,
                 calls, t0, t1, tokens_per_step / (t0 / 1e3), tokens_per_step / (t1 / 1e3),
                 fpt * tokens_per_step / (t0 / 1e3) / 989e12, fpt * tokens_per_step / (t1 / 1e3) / 989e12);
         if (fclose(f)) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
