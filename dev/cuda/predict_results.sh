@@ -3,7 +3,8 @@
 # (--batch-size 8, the preset's sequence length), written to dev/results/cuda_predict_<date>[_TAG].md (both
 # tables, H100 and H200, and dev/cuda/predict_whatif.py's scenarios) and .json (per model: the totals, every
 # counted row, the scenarios). dev/cuda/check.sh prints the newest .json's prediction beside what it measures.
-# About 1.5 minutes on one core (k2-small's count is most of it).
+# About 3 minutes on one core (k2-small's counts are most of it). It also counts the shapes dev/cuda/check.sh times
+# (k2-nano B=32 AdamW and Muon, k2-small B=4) into the .json's "bench" list.
 #
 #   bash dev/cuda/predict_results.sh            # e.g. dev/results/cuda_predict_2026-12-03.md
 #   bash dev/cuda/predict_results.sh after      # dev/results/cuda_predict_2026-12-03_after.md
@@ -20,6 +21,15 @@ for m in $MODELS; do
     PREDICT_OUT=$W/$m bash dev/cuda/predict.sh "$m" > "$W/$m.md" 2> "$W/$m.err" \
         || { tail -n 5 "$W/$m.err" >&2; echo "predict_results: $m failed" >&2; exit 1; }
     python3 dev/cuda/predict_whatif.py "$W/$m" --json > "$W/$m.whatif"
+done
+# the shapes dev/cuda/check.sh times (its bench rows), for its predicted-vs-measured lines: id model batch flags
+BENCH=("nano32 k2-nano 32" "nano32muon k2-nano 32 --optim muon" "small4 k2-small 4")
+for b in "${BENCH[@]}"; do
+    set -- $b
+    id=$1; shift
+    echo "predict_results: counting $* for check.sh..." >&2
+    PREDICT_OUT=$W/bench_$id bash dev/cuda/predict.sh "$@" > /dev/null 2> "$W/bench_$id.err" \
+        || { tail -n 5 "$W/bench_$id.err" >&2; echo "predict_results: $* failed" >&2; exit 1; }
 done
 {
     echo "# Predicted CUDA step time, H100 SXM and H200 ($(date -u +%Y-%m-%d) UTC)"
@@ -45,7 +55,7 @@ done
     done
 } > "$NAME.md"
 python3 - "$W" "$NAME.json" $MODELS <<'PY'
-import csv, json, sys
+import csv, glob, json, sys
 w, out, models = sys.argv[1], sys.argv[2], sys.argv[3:]
 res = {}
 for m in models:
@@ -53,6 +63,8 @@ for m in models:
     j["rows"] = list(csv.DictReader(open("%s/%s.tsv" % (w, m)), delimiter="\t"))
     j["whatif"] = json.loads([l for l in open("%s/%s.whatif" % (w, m)) if l.startswith("[")][0])
     res[m] = j
+# check.sh's shapes: totals and the predicted time per --profile part
+res["bench"] = [json.load(open(p)) for p in sorted(glob.glob("%s/bench_*.json" % w))]
 json.dump(res, open(out, "w"), indent=1)
 PY
 echo "predict_results: wrote $NAME.md and $NAME.json" >&2

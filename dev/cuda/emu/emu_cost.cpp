@@ -76,9 +76,19 @@ extern "C" int emu_count_only(void) {
 
 // one call: FLOPs at the unit's rate (work: the FLOPs after quantisation), bytes at the bandwidth (byte_rate: 0
 // for the GPU's), plus fixed seconds
+// optional: the caller's current category (predict_step.c: the trainer's --profile parts), each call's predicted
+// time summed per category as well; Newton-Schulz's calls go to "newton_schulz" (as the trainer times them)
+static const char* (*category_now)(void) = NULL;
+static std::map<std::string, std::pair<double, double>>& category_seconds() {
+    static auto* m = new std::map<std::string, std::pair<double, double>>;
+    return *m;
+}
+extern "C" void emu_cost_set_category_source(const char* (*current)(void)) { category_now = current; }
+
 static void record(const std::string& name, int unit, double flops, double work, double bytes, double eff,
                    double fixed_s, double byte_rate = 0) {
     Stat& s = stats()[name];
+    double secs[2];
     s.unit = unit;
     s.calls++;
     s.flops += flops;
@@ -88,7 +98,14 @@ static void record(const std::string& name, int unit, double flops, double work,
         double peak = unit == TENSOR ? g.tensor_flops : g.fma_flops;
         double t_compute = work / (peak * eff);
         double t_memory = bytes / (byte_rate > 0 ? byte_rate : g.bandwidth);
-        s.seconds[i] += std::max(t_compute, t_memory) + fixed_s;
+        secs[i] = std::max(t_compute, t_memory) + fixed_s;
+        s.seconds[i] += secs[i];
+    }
+    if (category_now) {
+        bool ns = name.rfind("ns_", 0) == 0 || name == "cublasSgemmStridedBatched";
+        auto& c = category_seconds()[ns ? "newton_schulz" : category_now()];
+        c.first += secs[0];
+        c.second += secs[1];
     }
 }
 
@@ -267,7 +284,18 @@ extern "C" void emu_cost_memory(int kind, double bytes) {
 extern "C" int emu_cost_skip_data(double bytes) { return emu_count_only() && bytes > (64.0 * (1 << 20)); }
 
 // ---------------------------------------------------------------------------- output
-extern "C" void emu_cost_reset(void) { stats().clear(); }
+extern "C" void emu_cost_reset(void) { stats().clear(); category_seconds().clear(); }
+
+// {"category": [ms H100, ms H200], ...}
+extern "C" void emu_cost_categories_json(FILE* f) {
+    fprintf(f, "{");
+    int first = 1;
+    for (auto& [k, v] : category_seconds()) {
+        fprintf(f, "%s\"%s\":[%.4f,%.4f]", first ? "" : ",", k.c_str(), 1e3 * v.first, 1e3 * v.second);
+        first = 0;
+    }
+    fprintf(f, "}");
+}
 
 extern "C" void emu_cost_totals(const char* name, double* calls, double* flops, double* bytes, double* ms_h100,
                                 double* ms_h200) {

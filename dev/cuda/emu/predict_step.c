@@ -27,7 +27,16 @@ int emu_cost_write(const char* path);
 void emu_cost_report(FILE* out, int gpu, double tokens, double model_flops_per_token);
 void emu_cost_totals(const char* name, double* calls, double* flops, double* bytes, double* ms_h100, double* ms_h200);
 int emu_count_only(void);
+void emu_cost_set_category_source(const char* (*current)(void));
+void emu_cost_categories_json(FILE* f);
 const Ops* ops_cuda_get(void);
+
+// the trainer's --profile parts (model.c's model_prof), for the per-part prediction dev/cuda/check.sh compares
+static Model* profiled;
+static const char* current_part(void) {
+    int c = profiled->prof_cat;
+    return c >= 0 && c < PROF_N ? prof_names[c] : "optimizer_other";
+}
 
 static void usage(const char* why) {
     fprintf(stderr, "predict_step: %s\nusage: predict_step MODEL B [--seq-len T] [--optim adamw|muon] "
@@ -98,8 +107,13 @@ int main(int argc, char** argv) {
     for (int i = 0; i < B * T; i++) { tokens[i] = (i * 7919) % cfg.vocab_size; targets[i] = (i * 104729 + 1) % cfg.vocab_size; }
     int clipped[4096];
     if (cfg.n_layers * cfg.n_heads > 4096) { fprintf(stderr, "predict_step: too many heads\n"); return 1; }
-    for (int step = 0; step < steps; step++) {
-        if (step == steps - 1) { ops->sync(); emu_cost_reset(); }  // count the last step only
+    double tokens_per_step = (double)B * T, fpt = config_flops_per_token(&cfg, T);
+    double calls = 0, flops = 0, bytes = 0, t0 = 0, t1 = 0;
+    char path[1024];
+    // steps-1 warm-up steps, the counted step, then one more with --profile's parts marked (its synchronisations
+    // included, as in a --profile run) for the per-part prediction dev/cuda/check.sh prints beside its measurement
+    for (int step = 0; step <= steps; step++) {
+        if (step == steps - 1) { ops->sync(); emu_cost_reset(); }  // count this step only
         model_zero_grad(&m);
         model_zero_step_stats(&m);
         model_forward(&m, &a, tokens, targets, B, T);
@@ -110,27 +124,35 @@ int main(int argc, char** argv) {
         qk_clip(&m, 100.0f, clipped);
         ops->sync();
         fprintf(stderr, "predict_step: step %d done (loss %.4f)\n", step + 1, m.ce_loss);
+        if (step != steps - 1) continue;
+        // the counted step: its table and totals, then the profiled step
+        printf("# %s, B=%d T=%d (%.0f tokens per step), %s; %s\n\n", model_name, B, T, tokens_per_step, optim,
+               emu_count_only() ? "counted (EMU_COUNT_ONLY=1)" : "computed");
+        for (int g = 0; g < 2; g++) emu_cost_report(stdout, g, tokens_per_step, fpt);
+        emu_cost_totals(NULL, &calls, &flops, &bytes, &t0, &t1);
+        if (out) {
+            snprintf(path, sizeof(path), "%s.tsv", out);
+            if (emu_cost_write(path)) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
+        }
+        emu_cost_reset();
+        m.profile = 1;
+        model_profile_reset(&m);
+        profiled = &m;
+        emu_cost_set_category_source(current_part);
     }
-    double tokens_per_step = (double)B * T, fpt = config_flops_per_token(&cfg, T);
-    printf("# %s, B=%d T=%d (%.0f tokens per step), %s; %s\n\n", model_name, B, T, tokens_per_step, optim,
-           emu_count_only() ? "counted (EMU_COUNT_ONLY=1)" : "computed");
-    for (int g = 0; g < 2; g++) emu_cost_report(stdout, g, tokens_per_step, fpt);
     if (out) {
-        char path[1024];
-        snprintf(path, sizeof(path), "%s.tsv", out);
-        if (emu_cost_write(path)) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
         snprintf(path, sizeof(path), "%s.json", out);
         FILE* f = fopen(path, "w");
         if (!f) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
-        double calls, flops, bytes, t0, t1;
-        emu_cost_totals(NULL, &calls, &flops, &bytes, &t0, &t1);
-        fprintf(f, "{\"model\":\"%s\",\"batch\":%d,\"seq_len\":%d,\"optim\":\"%s\",\"experts\":%d,"
-                   "\"moe_layers\":%d,\"tokens\":%.0f,"
-                   "\"model_flops_per_token\":%.6g,\"counted_flops\":%.6g,\"bytes\":%.6g,\"calls\":%.0f,"
+        fprintf(f, "{\"model\":\"%s\",\"batch\":%d,\"seq_len\":%d,\"optim\":\"%s\",\"experts\":%d,\"moe_layers\":%d,"
+                   "\"tokens\":%.0f,\"model_flops_per_token\":%.6g,\"counted_flops\":%.6g,\"bytes\":%.6g,\"calls\":%.0f,"
                    "\"step_ms\":{\"H100\":%.4f,\"H200\":%.4f},\"tok_s\":{\"H100\":%.1f,\"H200\":%.1f},"
-                   "\"mfu\":{\"H100\":%.4f,\"H200\":%.4f}}\n", model_name, B, T, optim, cfg.n_experts, cfg_n_moe(&cfg), tokens_per_step, fpt, flops, bytes,
-                calls, t0, t1, tokens_per_step / (t0 / 1e3), tokens_per_step / (t1 / 1e3),
-                fpt * tokens_per_step / (t0 / 1e3) / 989e12, fpt * tokens_per_step / (t1 / 1e3) / 989e12);
+                   "\"mfu\":{\"H100\":%.4f,\"H200\":%.4f},\"profile_parts_ms\":", model_name, B, T, optim,
+                cfg.n_experts, cfg_n_moe(&cfg), tokens_per_step, fpt, flops, bytes, calls, t0, t1,
+                tokens_per_step / (t0 / 1e3), tokens_per_step / (t1 / 1e3), fpt * tokens_per_step / (t0 / 1e3) / 989e12,
+                fpt * tokens_per_step / (t1 / 1e3) / 989e12);
+        emu_cost_categories_json(f);  // the profiled step's parts: [H100 ms, H200 ms], with --profile's syncs
+        fprintf(f, "}\n");
         if (fclose(f)) { fprintf(stderr, "predict_step: cannot write %s\n", path); return 1; }
     }
     return 0;
