@@ -21,8 +21,10 @@ if [ $# -ge 1 ] && [[ "$1" != -* ]]; then BATCH=$1; shift; fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 B=${EMU_BUILD:-$ROOT/build/emu}
 command -v g++ > /dev/null || { echo "predict.sh: needs g++ (C++20) for the CPU emulator" >&2; exit 1; }
-bash "$ROOT/dev/cuda/emu/run.sh" predict_step > "$B.predict_build.log" 2>&1 \
-    || { tail -n 20 "$B.predict_build.log" >&2; echo "predict.sh: building predict_step failed" >&2; exit 1; }
+if [ -z "${PREDICT_NO_BUILD:-}" ] || [ ! -x "$B/predict_step" ]; then  # PREDICT_NO_BUILD=1: already built
+    bash "$ROOT/dev/cuda/emu/run.sh" predict_step > "$B.predict_build.log" 2>&1 \
+        || { tail -n 20 "$B.predict_build.log" >&2; echo "predict.sh: building predict_step failed" >&2; exit 1; }
+fi
 OUT_ARGS=()
 [ -n "${PREDICT_OUT:-}" ] && OUT_ARGS=(--out "$PREDICT_OUT")
 EMU_COUNT_ONLY=1 OMP_NUM_THREADS=1 "$B/predict_step" "$MODEL" "$BATCH" "$@" "${OUT_ARGS[@]}"
