@@ -8,7 +8,7 @@
 # alignment and type table checked). This verifies the kernels' logic (indexing, barriers, reductions, the op
 # table, model.c's bf16 path), not the GPU's arithmetic, memory model or speed.
 #
-#   bash dev/cuda/emu/run.sh                 # all: test_cuda test_cuda_attn_moe test_cuda_model trainer
+#   bash dev/cuda/emu/run.sh                 # all: cost test_cuda test_cuda_attn_moe test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
 #   bash dev/cuda/emu/run.sh cost            # the cost counter's test (emu_cost.cpp; dev/cuda/predict.sh uses it)
 #
