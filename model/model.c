@@ -41,7 +41,7 @@ static void layer_pointers(const Model* m, LayerWeights* lw, void* base, size_t 
     }
 }
 
-void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, const float* params_host, uint64_t seed) {
+void model_alloc(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->ops = ops;
@@ -57,6 +57,17 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
     m->lg = xcalloc(cfg->n_layers, sizeof(LayerWeights));
     layer_pointers(m, m->lw, m->weights, ops->act_bytes);
     layer_pointers(m, m->lg, m->grads, sizeof(float));
+    int Lm = cfg_n_moe(cfg);
+    m->router_bias = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
+    m->expert_load = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
+    m->maxlogit = ops->malloc((size_t)cfg->n_layers * cfg->n_heads * sizeof(float));
+    m->aux_acc = ops->malloc(sizeof(float));
+    m->prof_cat = PROF_NONE;
+    model_zero_step_stats(m);
+}
+
+void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, const float* params_host, uint64_t seed) {
+    model_alloc(m, cfg, ops, comm);
     if (params_host) {
         model_set_params(m, params_host);
     } else {
@@ -68,13 +79,6 @@ void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, co
         model_set_params(m, host);
         free(host);
     }
-    int Lm = cfg_n_moe(cfg);
-    m->router_bias = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
-    m->expert_load = ops->malloc((size_t)(Lm > 0 ? Lm : 1) * cfg->n_experts * sizeof(float));
-    m->maxlogit = ops->malloc((size_t)cfg->n_layers * cfg->n_heads * sizeof(float));
-    m->aux_acc = ops->malloc(sizeof(float));
-    m->prof_cat = PROF_NONE;
-    model_zero_step_stats(m);
 }
 
 void model_set_params(Model* m, const float* global) {

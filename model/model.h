@@ -172,6 +172,9 @@ typedef struct {
 // split, with parameters from params_host (the whole model, global layout) or, when NULL, freshly initialised from
 // seed (the same numbers whatever the split). Router bias starts at 0.
 void model_init(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm, const float* params_host, uint64_t seed);
+// model_init without the weights: everything allocated (by ops->malloc: zeros), nothing drawn or copied. For
+// dev/cuda/emu/predict_step.c, which counts a step's work on k2-small without 20 GB of host memory for its weights.
+void model_alloc(Model* m, const ModelConfig* cfg, const Ops* ops, Comm* comm);
 // Copies whole-model parameters (global layout, host) into this rank's parameters.
 void model_set_params(Model* m, const float* params_host_global);
 // The whole model's parameters (global layout) into out_host on every member of the expert-parallel group.

@@ -331,6 +331,45 @@ if want small && [ $BUILD_OK = 1 ]; then
         --steps 1000 --batch-size 4 --lr 3e-4 --warmup 2 --profile
 fi
 
+# ---------------------------------------------------------------------------- predicted vs measured
+# The roofline prediction for the same shapes (the newest dev/results/cuda_predict_*.json, written without a GPU by
+# dev/cuda/predict_results.sh from the CPU emulator's counts, dev/cuda/emu/emu_cost.cpp) beside what the bench runs
+# measured: the step and each --profile part, so the first GPU run shows where the model is wrong.
+PRED_JSON=$(ls -t dev/results/cuda_predict_*.json 2>/dev/null | head -n 1)
+if [ -n "$PRED_JSON" ]; then
+    for spec in "bench_nano k2-nano 32 adamw" "bench_nano_muon k2-nano 32 muon" "bench_small k2-small 4 adamw"; do
+        set -- $spec
+        [ -f "$W/$1/log.jsonl" ] || continue
+        cmp_line=$(python3 - "$PRED_JSON" "$W/$1/log.jsonl" "$2" "$3" "$4" "$GPU" <<'PY'
+import json, statistics, sys
+pred_file, log, model, batch, optim, gpu = sys.argv[1:7]
+col = "H200" if "H200" in gpu else "H100"
+bench = [b for b in json.load(open(pred_file)).get("bench", [])
+         if b["model"] == model and b["batch"] == int(batch) and b["optim"] == optim]
+recs = [json.loads(l) for l in open(log) if '"type":"step"' in l]
+recs = recs[len(recs) // 2:]  # the second half: past the warm-up
+if not bench or not recs:
+    print("no prediction for this shape in %s" % pred_file if not bench else "no steps logged"); sys.exit()
+b, i = bench[0], 0 if col == "H100" else 1
+num = lambda v: v if isinstance(v, (int, float)) else float("nan")
+ms = statistics.median(num(r.get("ms")) for r in recs)
+out = "%s (%s): step predicted %.1f ms, measured %.1f ms (x%.2f)" % (col, pred_file.split("/")[-1], b["step_ms"][col], ms,
+                                                                     ms / b["step_ms"][col])
+prof = [r["prof_ms"] for r in recs if isinstance(r.get("prof_ms"), dict)]
+if prof:
+    parts = b.get("profile_parts_ms", {})
+    meas = {k: statistics.median(p.get(k, 0) for p in prof) for k in prof[0]}
+    keys = sorted(set(meas) | set(parts), key=lambda k: -max(meas.get(k, 0), parts.get(k, [0, 0])[i]))
+    out += "; per part predicted/measured ms: " + ", ".join(
+        "%s %.2f/%s" % (k, parts.get(k, [0, 0])[i], "%.2f" % meas[k] if k in meas else "-") for k in keys[:10])
+print(out)
+PY
+)
+        say "predicted vs measured, $2 B=$3 $4: $cmp_line"
+        row "$2 B=$3 $4: predicted vs measured" "-" "$cmp_line"
+    done
+fi
+
 # ---------------------------------------------------------------------------- table
 {
     echo "# CUDA check ($STAMP UTC)"

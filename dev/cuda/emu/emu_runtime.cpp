@@ -166,6 +166,23 @@ static FILE* gemm_trace_file(void) {
     }
     return f;
 }
+// ---- cost counting (emu_cost.cpp). Under EMU_COUNT_ONLY a GEMM computes nothing; an fp32 output written with
+// beta = 0 (the router logits: what routing and so the expert GEMMs' sizes depend on) gets pseudo-random values in
+// [-2, 2] instead, so that tokens spread over the experts as in a fresh model.
+extern "C" int emu_count_only(void);
+extern "C" void emu_cost_gemm(const char* name, int tensor, int np, const int* m, const int* n, const int* k,
+                              const int* batch, double ab_bytes, double c_bytes, int beta_nonzero);
+static void count_only_fill(void* C, cudaDataType_t Ct, int m, int n, int ldc, float beta) {
+    if (Ct != CUDA_R_32F || beta != 0.0f || (size_t)m * n > ((size_t)1 << 24)) return;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)j * 2246822519u;
+            h ^= h >> 15; h *= 2654435761u; h ^= h >> 13;
+            ((float*)C)[(size_t)i + (size_t)j * ldc] = 4.0f * (h >> 8) / 16777216.0f - 2.0f;
+        }
+}
+static double type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+
 static cublasStatus_t gemm1(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                             const void* A, cudaDataType_t At, int lda, const void* B, cudaDataType_t Bt, int ldb,
                             float beta, void* C, cudaDataType_t Ct, int ldc) {
@@ -178,6 +195,7 @@ static cublasStatus_t gemm1(cublasOperation_t ta, cublasOperation_t tb, int m, i
     if (ldc < (m > 1 ? m : 1)) { fprintf(stderr, "emu gemm: ldc\n"); return CUBLAS_STATUS_INVALID_VALUE; }
     if (At != Bt) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    if (emu_count_only()) { count_only_fill(C, Ct, m, n, ldc, beta); return CUBLAS_STATUS_SUCCESS; }
     std::vector<float> prod((size_t)m * n, 0.0f);
     if (k > 0) {
         std::vector<float> a = ta == CUBLAS_OP_N ? widen(A, At, m, k, lda) : widen(A, At, k, m, lda);
@@ -201,6 +219,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
                             cudaDataType_t Bt, int ldb, const void* beta, void* C, cudaDataType_t Ct, int ldc,
                             cublasComputeType_t, cublasGemmAlgo_t) {
     emu_gemm_calls++;
+    char name[64];
+    snprintf(name, sizeof(name), "cublasGemmEx %s->%s", At == CUDA_R_32F ? "f32" : "bf16", Ct == CUDA_R_32F ? "f32" : "bf16");
+    emu_cost_gemm(name, At == CUDA_R_16BF, 1, &m, &n, &k, NULL, type_bytes(At), type_bytes(Ct), *(const float*)beta != 0.0f);
     return gemm1(ta, tb, m, n, k, *(const float*)alpha, A, At, lda, B, Bt, ldb, *(const float*)beta, C, Ct, ldc);
 }
 
@@ -215,6 +236,12 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_
     emu_grouped_calls++;
     const float* al = (const float*)alpha;
     const float* be = (const float*)beta;
+    {
+        int beta_nonzero = 0;
+        for (int g = 0; g < group_count; g++) beta_nonzero |= be[g] != 0.0f;
+        emu_cost_gemm("cublasGemmGroupedBatchedEx", At == CUDA_R_16BF, group_count, m, n, k, group_size, type_bytes(At),
+                      type_bytes(Ct), beta_nonzero);
+    }
     int idx = 0;
     for (int g = 0; g < group_count; g++)
         for (int j = 0; j < group_size[g]; j++, idx++) {
@@ -233,6 +260,7 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t ta, c
                                          const float* B, int ldb, long long strideB, const float* beta, float* C,
                                          int ldc, long long strideC, int batch) {
     emu_sgemm_batched_calls++;
+    emu_cost_gemm("cublasSgemmStridedBatched", 0, 1, &m, &n, &k, &batch, 4, 4, *beta != 0.0f);
     for (int i = 0; i < batch; i++) {
         cublasStatus_t st = gemm1(ta, tb, m, n, k, *alpha, A + i * strideA, CUDA_R_32F, lda, B + i * strideB,
                                   CUDA_R_32F, ldb, *beta, C + i * strideC, CUDA_R_32F, ldc);

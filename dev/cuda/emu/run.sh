@@ -9,8 +9,9 @@
 # alignment and type table checked). This verifies the kernels' logic (indexing, barriers, reductions, the op
 # table, model.c's bf16 path), not the GPU's arithmetic, memory model or speed.
 #
-#   bash dev/cuda/emu/run.sh                 # all: wmma test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer
+#   bash dev/cuda/emu/run.sh                 # all: wmma cost test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer
 #   bash dev/cuda/emu/run.sh test_cuda       # one of them
+#   bash dev/cuda/emu/run.sh cost            # the cost counter's test (emu_cost.cpp; dev/cuda/predict.sh uses it)
 #
 # EMU_GROUPED_REFUSE=1 makes grouped GEMM refuse (tests the fallback). EMU_BUILD=<dir> (default build/emu) keeps
 # the objects; the .cu objects are rebuilt when their source or a header changes. Needs g++ (C++20), python3 and
@@ -23,7 +24,7 @@ mkdir -p "$B"
 OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 OBI=/usr/include/x86_64-linux-gnu/openblas-openmp
 SAN="-O2"  # optimisation (and any sanitizer flags) for every object
-TESTS=${*:-wmma test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer}
+TESTS=${*:-wmma cost test_cuda test_cuda_attn_moe test_cuda_sdpa test_cuda_model trainer}
 # the backend's .cu files as host C++ (launch syntax and dynamic shared memory rewritten), compiled when changed
 CU_OBJ=()
 # (attention_aux: the cuDNN path's own kernels; the cuDNN calls, model/cuda/sdpa_cudnn.c, are replaced by
@@ -38,9 +39,10 @@ for f in ops_cuda dense attention attention_aux moe optim; do
     CU_OBJ+=($B/r_$f.o)
 done
 g++ -std=c++20 $SAN -g -I$PWD/include -I$OBI -w -c emu_runtime.cpp -o $B/r_emu_runtime.o
+g++ -std=c++20 $SAN -g -I$PWD/include -w -c emu_cost.cpp -o $B/r_emu_cost.o
 g++ -std=c++20 $SAN -g -fpermissive -I$PWD/include -I$R -w -DCOMM_CUDA -c comm_cuda_emu.cpp -o $B/r_comm_cuda.o
 gcc $SAN -g -std=gnu11 -w -c sdpa_cudnn_stub.c -o $B/r_sdpa_cudnn_stub.o
-CU_OBJ+=($B/r_emu_runtime.o $B/r_comm_cuda.o $B/r_sdpa_cudnn_stub.o)
+CU_OBJ+=($B/r_emu_runtime.o $B/r_emu_cost.o $B/r_comm_cuda.o $B/r_sdpa_cudnn_stub.o)
 # the CPU side, one process (no MPI; device buffers through comm_cuda.c's host-staged path, as a build without
 # NCCL): built here so the build/ flags do not matter
 C_SRC="common.c json.c model/config.c model/config_json.c model/params.c model/model.c model/experts.c model/cuda/sdpa_plan.c model/cpu/ops_cpu.c model/cpu/dense.c model/cpu/attention.c
@@ -57,7 +59,7 @@ for t in $TESTS; do
     if [ $t = wmma ]; then
         # the emulated warp matrix API itself (include/mma.h), before any kernel is checked with it
         python3 prep.py wmma_test.cpp $B/wmma_test.cpp > /dev/null
-        g++ -std=c++20 $SAN -g -I$PWD/include -w $B/wmma_test.cpp $B/r_emu_runtime.o -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/wmma_test
+        g++ -std=c++20 $SAN -g -I$PWD/include -w $B/wmma_test.cpp $B/r_emu_runtime.o $B/r_emu_cost.o -L$OB -Wl,-rpath,$OB -lopenblas -lm -o $B/wmma_test
         echo "==== wmma (the emulator's nvcuda::wmma)"
         $B/wmma_test 2>&1 | tee $B/out_$t.log
         [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
@@ -81,6 +83,21 @@ for t in $TESTS; do
         [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
         continue
     fi
+    # cost counting (emu_cost.cpp): predict_step is built for dev/cuda/predict.sh (not run here); cost is its fast
+    # test (hand-counted FLOPs and bytes of a GEMM and a kernel, count-only vs computed, a kernel without a formula)
+    if [ $t = predict_step ]; then
+        gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c predict_step.c -o $B/predict_step.o
+        link $B/predict_step.o -o $B/predict_step
+        continue
+    fi
+    if [ $t = cost ]; then
+        g++ -std=c++20 $SAN -g -I$PWD/include -I$R -w -c test_cost.cpp -o $B/test_cost.o
+        link $B/test_cost.o -o $B/test_cost
+        echo "==== cost (FLOP/byte counting and the roofline prediction, emu_cost.cpp)"
+        OMP_NUM_THREADS=1 $B/test_cost 2>&1 | tee $B/out_$t.log
+        [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
+        continue
+    fi
     [ -f $R/tests/$t.c ] || { echo "emu: no tests/$t.c"; exit 2; }
     gcc $SAN -g -std=gnu11 -fopenmp -w -I$OBI -c $R/tests/$t.c -o $B/t_$t.o
     link $B/t_$t.o -o $B/$t
@@ -93,6 +110,7 @@ done
 # the total over the parts (tests/run_tests.sh reads this last summary line)
 P=0; F=0; S=0
 for t in $TESTS; do
+    [ $t = predict_step ] && continue
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' $B/out_$t.log 2>/dev/null | tail -n 1 || true)
     if [ -z "$line" ]; then echo "FAIL emu $t: no summary line"; F=$((F + 1)); rc=1; continue; fi
     P=$((P + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))

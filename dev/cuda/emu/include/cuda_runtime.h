@@ -9,6 +9,7 @@
 #include <vector>
 #include <memory>
 #include <utility>
+#include <type_traits>
 
 #define __global__
 #define __device__
@@ -47,10 +48,16 @@ template <class T> static inline cudaError_t cudaMalloc(T** p, size_t n) { *p = 
 static inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void** p, size_t n) { *p = calloc(1, n + 64); return cudaSuccess; }
 static inline cudaError_t cudaFreeHost(void* p) { free(p); return cudaSuccess; }
-static inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) { memmove(d, s, n); return cudaSuccess; }
-static inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memmove(d, s, n); return cudaSuccess; }
-static inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { memset(d, v, n); return cudaSuccess; }
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// copies, memsets and synchronisations are counted (emu_cost.cpp); under EMU_COUNT_ONLY large ones move no data
+extern "C" void emu_cost_memory(int kind, double bytes);
+extern "C" int emu_cost_skip_data(double bytes);
+static inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t) {
+    emu_cost_memory(k, (double)n); if (!emu_cost_skip_data((double)n)) memmove(d, s, n); return cudaSuccess; }
+static inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
+    emu_cost_memory(k, (double)n); if (!emu_cost_skip_data((double)n)) memmove(d, s, n); return cudaSuccess; }
+static inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
+    emu_cost_memory(-1, (double)n); if (!emu_cost_skip_data((double)n)) memset(d, v, n); return cudaSuccess; }
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu_cost_memory(0, -1); return cudaSuccess; }
 static inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 // device selection (ops_cuda.cu): one emulated device of compute capability 9.0 with 4 multiprocessors (grid_for
 // caps grids at 32 blocks per multiprocessor: few SMs keep the emulated grids small; grid-stride loops still
@@ -118,9 +125,31 @@ static inline unsigned atomicMin(unsigned* p, unsigned v) { unsigned old = *p; i
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline unsigned char* emu_dyn_smem(void) { return emu_smem; }
 
+// ---- cost counting (emu_cost.cpp): each launch's arguments, as numbers, go to its kernel's FLOP/byte formula.
+// Scalars become numbers, pointers stay pointers (device memory is host memory here: a formula may read a count
+// the kernel will read, such as the expert offsets), and a struct argument with attention-shape members (B, T, H,
+// dqk, dv, ...) is read by those names.
+struct EmuArg {
+    double v;
+    const void* p;
+    int shape, B, T, H, dqk, dv, nope, rope;
+};
+template <class T> static inline EmuArg emu_arg(const T& x) {
+    EmuArg a;
+    memset(&a, 0, sizeof(a));
+    if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) a.v = (double)x;
+    else if constexpr (std::is_pointer_v<T>) a.p = (const void*)x;
+    else if constexpr (requires { x.B; x.T; x.H; x.dqk; x.dv; x.nope; x.rope; }) {
+        a.shape = 1; a.B = x.B; a.T = x.T; a.H = x.H; a.dqk = x.dqk; a.dv = x.dv; a.nope = x.nope; a.rope = x.rope;
+    }
+    return a;
+}
+// counts the launch; returns 0 when EMU_COUNT_ONLY=1 skips the kernel's body (see emu_cost.cpp)
+int emu_cost_launch(const char* name, dim3 g, dim3 b, size_t smem, const EmuArg* args, int nargs);
+
 template <class F>
 struct EmuLauncher {
-    F f; dim3 g, b; size_t smem;
+    F f; const char* name; dim3 g, b; size_t smem;
     template <class... A> void operator()(A... args) {
         emu_launches++;
         unsigned nt = b.x * b.y * b.z;
@@ -129,9 +158,11 @@ struct EmuLauncher {
         if (smem > 48 * 1024 && (int)smem > emu_max_dyn_smem) { fprintf(stderr, "emu: %zu bytes of dynamic smem without the attribute\n", smem); abort(); }
         if (smem > 232448) { fprintf(stderr, "emu: %zu bytes of dynamic smem\n", smem); abort(); }
         if (g.x == 0 || g.y == 0 || g.z == 0 || g.y > 65535 || g.z > 65535) { fprintf(stderr, "emu: bad grid\n"); abort(); }
+        const EmuArg av[] = {emu_arg(args)..., EmuArg{}};
+        if (!emu_cost_launch(name, g, b, smem, av, (int)sizeof...(A))) return;
         emu_run_grid(g, b, smem, [&]() { f(args...); });
     }
 };
-template <class F> EmuLauncher<F> emu_launch(F f, dim3 g, dim3 b, size_t smem = 0, cudaStream_t = 0) {
-    return EmuLauncher<F>{f, g, b, smem};
+template <class F> EmuLauncher<F> emu_launch(F f, const char* name, dim3 g, dim3 b, size_t smem = 0, cudaStream_t = 0) {
+    return EmuLauncher<F>{f, name, g, b, smem};
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 #include "../cuda_runtime.h"
+extern "C" void emu_cost_sort(double n, double pair_bytes, int key_bits);
 namespace cub {
 struct DeviceRadixSort {
     template <class K, class V>
@@ -12,6 +13,7 @@ struct DeviceRadixSort {
                                  cudaStream_t = 0) {
         if (!tmp) { tmp_bytes = 64; return cudaSuccess; }  // the size query: some scratch, like the real one
         if (begin_bit != 0 || end_bit != (int)(sizeof(K) * 8)) { fprintf(stderr, "emu cub: partial key bits\n"); abort(); }
+        emu_cost_sort((double)n, (double)(sizeof(K) + sizeof(V)), end_bit - begin_bit);  // emu_cost.cpp
         std::vector<int> idx(n);
         for (int i = 0; i < n; i++) idx[i] = i;
         std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return keys_in[a] < keys_in[b]; });
