@@ -70,6 +70,39 @@ static int* random_sel(int N, int K, int E) {
 // ----------------------------------------------------------------------------
 // attention
 
+// cuda_attn_maxlogit (model/cuda/cuda_ops.h, not an op of the table: weak, so this file still links where the
+// backend is not built; gpu != NULL means it is). From the forward's starting maxima it must give the forward's
+// maxlogit bit for bit (the same tensor-core Q K^T tiles, masking and scaling); from -inf every head's own maximum,
+// which matches the CPU twin's to rtol 1e-5 (the same logits, summed in another order).
+void cuda_attn_maxlogit(float* maxlogit, const void* q, const void* kv, const void* a, int B, int T, int H, int nope,
+                        int rope, int dv, int kv_lora) __attribute__((weak));
+
+static void test_attn_maxlogit(const float* ml_fwd, const float* ml0, const float* q, const float* kv, const float* a,
+                               void* dq_in, void* dkv_in, void* da_in, MlaShape m, const char* shape) {
+    if (!cuda_attn_maxlogit) { skip("cuda_attn_maxlogit %s: not linked", shape); return; }
+    const int H = m.H;
+    float* dml = up_f32(ml0, H);
+    cuda_attn_maxlogit(dml, dq_in, dkv_in, da_in, m.B, m.T, H, m.nope, m.rope, m.dv, m.kv_lora);
+    float* ml_g = down_f32(dml, H);
+    check(!memcmp(ml_g, ml_fwd, H * sizeof(float)), "cuda_attn_maxlogit %s: equals the forward's maxlogit bit for bit "
+          "(head 1: %.9g vs %.9g)", shape, (double)ml_g[H > 1], (double)ml_fwd[H > 1]);
+    // from -inf: every head's own maximum, against the CPU forward's
+    float* ninf = xmalloc(H * sizeof(float));
+    for (int h = 0; h < H; h++) ninf[h] = -INFINITY;
+    gpu->to_device(dml, ninf, H * sizeof(float));
+    cuda_attn_maxlogit(dml, dq_in, dkv_in, da_in, m.B, m.T, H, m.nope, m.rope, m.dv, m.kv_lora);
+    float* ml_h = down_f32(dml, H);
+    float* ml_c = fdup(ninf, H);
+    float* out_c = xmalloc((size_t)m.B * m.T * H * m.dv * sizeof(float));
+    float* lse_c = xmalloc((size_t)m.B * H * m.T * sizeof(float));
+    cpu->attention_forward(out_c, lse_c, ml_c, q, kv, a, m);
+    char what[200];
+    snprintf(what, sizeof(what), "cuda_attn_maxlogit %s: per-head maximum from -inf vs the CPU", shape);
+    cmpv(what, ml_h, ml_c, H, 1e-5, 0);
+    gpu->free(dml);
+    free(ml_g); free(ninf); free(ml_h); free(ml_c); free(out_c); free(lse_c);
+}
+
 static void test_attention(int B, int T, int H, int nope, int rope, int dv, int kv_lora) {
     char what[200], shape[120];
     snprintf(shape, sizeof(shape), "B=%d T=%d H=%d nope=%d rope=%d dv=%d kv_lora=%d", B, T, H, nope, rope, dv, kv_lora);
@@ -121,6 +154,7 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
         check(ok, "%s", what);
         free(o2); free(l2); free(m2);
     }
+    test_attn_maxlogit(ml_g, ml0, q, kv, a, dq_in, dkv_in, da_in, mla, shape);
 
     // backward
     float* go = randv(no, 1.0f);
@@ -594,6 +628,8 @@ static void t_attention(void) {
     test_attention(1, 70, 2, 5, 4, 7, 6);        // odd dqk (padding column) and odd dv
     test_attention(2, 65, 2, 0, 8, 8, 4);        // no nope part; one row past a tile
     test_attention(1, 256, 2, 128, 64, 128, 32); // K2 head shape: dqk 192, dv 128, four tiles
+    test_attention(3, 130, 4, 32, 8, 48, 8);     // three 16-column blocks of dv (warps own 2 and 1), 2 rows past 2 tiles
+    test_attention(2, 64, 3, 200, 56, 144, 8);   // the widest dqk (256) and dv 144 (9 blocks), exactly one tile
 }
 static void t_router(void) {
     test_router(3, 100, 72, 40, 6, 0);
