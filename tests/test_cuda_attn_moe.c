@@ -8,9 +8,14 @@
 // random values on both sides; columns an op must not touch are checked bit for bit.
 //
 // Tolerances, |gpu - cpu| <= rtol |cpu| + afrac max|cpu| on every element (printed ratio <= 1 passes):
-//   bf16 outputs of one stage (attention out, gather_backward, combine, each expert GEMM / SwiGLU fed the GPU's own
-//     previous stage): rtol 1e-2, afrac 1e-3 -- one bf16 rounding is <= 2^-9 = 2e-3 relative, the fp32 math before
-//     it differs from the CPU by ~1e-6.
+//   bf16 outputs of one stage (gather_backward, combine, each expert GEMM / SwiGLU fed the GPU's own previous
+//     stage): rtol 1e-2, afrac 1e-3 -- one bf16 rounding is <= 2^-9 = 2e-3 relative, the fp32 math before it
+//     differs from the CPU by ~1e-6.
+//   attention out: rtol 1e-2, afrac 3e-3, and relative L2 <= 5e-3. Besides out's own rounding, P is rounded to bf16
+//     for the tensor-core product P V (as FlashAttention does): each weight moves by <= 2^-9 relative, so an
+//     element by up to 2^-9 sum_j P_ij |v_j| ~ 2e-3 of the values' scale, which afrac 1e-3 failed on 1 seed in 15
+//     (ratio 1.18, an element near 0 in a row of few keys); the L2 bound keeps the aggregate tight (seen: 1.9e-3 on
+//     15 seeds; the gradients: 3.0-3.8e-3, was ~2.2e-3 with fp32 P and dS).
 //   attention gradients (dq, dkv, rope-key da): rtol 1e-2, afrac 1e-2, and relative L2 <= 5e-3. The backward takes
 //     D = rowsum(dO * O) from the bf16 output O (as FlashAttention does), the CPU from P and dP in fp32; that moves
 //     every dS of a row by ~2^-9 of the row's scale, so small elements are judged against the tensor's scale.
@@ -103,6 +108,8 @@ static void test_attn_maxlogit(const float* ml_fwd, const float* ml0, const floa
     free(ml_g); free(ninf); free(ml_h); free(ml_c); free(out_c); free(lse_c);
 }
 
+#define ATT_OUT_AFRAC 3e-3  // attention out: P rounded to bf16 for P V (header)
+
 static void test_attention(int B, int T, int H, int nope, int rope, int dv, int kv_lora) {
     char what[200], shape[120];
     snprintf(shape, sizeof(shape), "B=%d T=%d H=%d nope=%d rope=%d dv=%d kv_lora=%d", B, T, H, nope, rope, dv, kv_lora);
@@ -136,7 +143,8 @@ static void test_attention(int B, int T, int H, int nope, int rope, int dv, int 
     float* lse_g = down_f32(dlse, nl);
     float* ml_g = down_f32(dml, H);
     snprintf(what, sizeof(what), "attention_forward %s: out", shape);
-    cmpv(what, out_g, out_c, no, BF_RTOL, BF_AFRAC);
+    cmpv(what, out_g, out_c, no, BF_RTOL, ATT_OUT_AFRAC);
+    cmp_l2(what, out_g, out_c, no, 5e-3);
     snprintf(what, sizeof(what), "attention_forward %s: lse", shape);
     cmpv(what, lse_g, lse_c, nl, EW_RTOL, EW_AFRAC);
     snprintf(what, sizeof(what), "attention_forward %s: maxlogit (running max)", shape);
