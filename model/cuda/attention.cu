@@ -90,46 +90,66 @@ static AttnArgs attn_args(int B, int T, int H, int nope, int rope, int dv, int k
 // ----------------------------------------------------------------------------
 // device helpers: staging tiles
 
+// Copy columns [0, ncols) of 64 rows (row r at src + r * stride; rows >= nrows are zero) into columns [c0, c0 + ncols)
+// of a shared tile with row stride ld. With 16-byte vectors (8 bf16) where every row start and both column ranges
+// allow it (the model's head dims are multiples of 8), else element by element; the condition is the same for the
+// whole block.
+__device__ __forceinline__ void load_cols(bf16* dst, int ld, int c0, const bf16* src, size_t stride, int ncols,
+                                          int nrows) {
+    const bool vec = ((uintptr_t)src & 15) == 0 && (stride & 7) == 0 && (ncols & 7) == 0 && (c0 & 7) == 0;
+    if (vec) {
+        const int nv = ncols >> 3;  // vectors per row
+        for (int idx = threadIdx.x; idx < ATT_TILE * nv; idx += blockDim.x) {
+            const int r = idx / nv, c = (idx - r * nv) << 3;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (r < nrows) v = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
+            *reinterpret_cast<uint4*>(dst + r * ld + c0 + c) = v;
+        }
+    } else {
+        const bf16 zero = __float2bfloat16_rn(0.0f);
+        for (int idx = threadIdx.x; idx < ATT_TILE * ncols; idx += blockDim.x) {
+            const int r = idx / ncols, c = idx - r * ncols;
+            dst[r * ld + c0 + c] = r < nrows ? src[(size_t)r * stride + c] : zero;
+        }
+    }
+}
+
+// zero columns [d, dp) of a 64-row shared tile (the padding to a multiple of 16 that the products run over)
+__device__ __forceinline__ void zero_pad_cols(bf16* dst, int ld, int d, int dp) {
+    const int w = dp - d;
+    if (w == 0) return;
+    const bf16 zero = __float2bfloat16_rn(0.0f);
+    for (int idx = threadIdx.x; idx < ATT_TILE * w; idx += blockDim.x) {
+        const int r = idx / w;
+        dst[r * ld + d + (idx - r * w)] = zero;
+    }
+}
+
 // Stage rows [row0, row0 + TILE) of one head's Q-like tile (dqk columns of q) into shared memory; rows >= T and the
 // padding columns [dqk, dqkp) are zero (they enter the products as zeros).
 __device__ __forceinline__ void load_q_tile(bf16* dst, const bf16* q, const AttnArgs& s, int b, int h, int row0) {
-    const bf16 zero = __float2bfloat16_rn(0.0f);
-    for (int idx = threadIdx.x; idx < ATT_TILE * s.dqkp; idx += blockDim.x) {
-        int r = idx / s.dqkp, c = idx - r * s.dqkp, t = row0 + r;
-        bf16 v = zero;
-        if (t < s.T && c < s.dqk) v = q[((size_t)b * s.T + t) * s.q_stride + (size_t)h * s.dqk + c];
-        dst[r * s.ldq + c] = v;
-    }
+    const bf16* src = q + ((size_t)b * s.T + row0) * s.q_stride + (size_t)h * s.dqk;
+    load_cols(dst, s.ldq, 0, src, s.q_stride, s.dqk, s.T - row0);
+    zero_pad_cols(dst, s.ldq, s.dqk, s.dqkp);
 }
 
 // The key tile: columns [0, nope) from kv (this head's k-nope), [nope, dqk) from the shared rope key in a.
 __device__ __forceinline__ void load_k_tile(bf16* dst, const bf16* kv, const bf16* a, const AttnArgs& s, int b, int h,
                                             int row0) {
-    const bf16 zero = __float2bfloat16_rn(0.0f);
-    for (int idx = threadIdx.x; idx < ATT_TILE * s.dqkp; idx += blockDim.x) {
-        int r = idx / s.dqkp, c = idx - r * s.dqkp, t = row0 + r;
-        bf16 v = zero;
-        if (t < s.T) {
-            size_t n = (size_t)b * s.T + t;
-            if (c < s.nope) v = kv[n * s.kv_stride + (size_t)h * (s.nope + s.dv) + c];
-            else if (c < s.dqk) v = a[n * s.a_stride + s.kv_lora + (c - s.nope)];
-        }
-        dst[r * s.ldq + c] = v;
-    }
+    const size_t n0 = (size_t)b * s.T + row0;
+    if (s.nope > 0) load_cols(dst, s.ldq, 0, kv + n0 * s.kv_stride + (size_t)h * (s.nope + s.dv), s.kv_stride, s.nope,
+                              s.T - row0);
+    load_cols(dst, s.ldq, s.nope, a + n0 * s.a_stride + s.kv_lora, s.a_stride, s.rope, s.T - row0);
+    zero_pad_cols(dst, s.ldq, s.dqk, s.dqkp);
 }
 
 // A dv-wide tile: this head's v columns of kv (is_v = 1), or its columns of a (N, H*dv) buffer (out / dout).
 __device__ __forceinline__ void load_v_tile(bf16* dst, const bf16* src, int is_v, const AttnArgs& s, int b, int h,
                                             int row0) {
-    const bf16 zero = __float2bfloat16_rn(0.0f);
-    size_t stride = is_v ? (size_t)s.kv_stride : (size_t)s.o_stride;
-    size_t col0 = is_v ? (size_t)h * (s.nope + s.dv) + s.nope : (size_t)h * s.dv;
-    for (int idx = threadIdx.x; idx < ATT_TILE * s.dvp; idx += blockDim.x) {
-        int r = idx / s.dvp, c = idx - r * s.dvp, t = row0 + r;
-        bf16 v = zero;
-        if (t < s.T && c < s.dv) v = src[((size_t)b * s.T + t) * stride + col0 + c];
-        dst[r * s.ldv + c] = v;
-    }
+    const size_t stride = is_v ? (size_t)s.kv_stride : (size_t)s.o_stride;
+    const size_t col0 = is_v ? (size_t)h * (s.nope + s.dv) + s.nope : (size_t)h * s.dv;
+    load_cols(dst, s.ldv, 0, src + ((size_t)b * s.T + row0) * stride + col0, stride, s.dv, s.T - row0);
+    zero_pad_cols(dst, s.ldv, s.dv, s.dvp);
 }
 
 // lse and D of the query tile's rows (0 past T) into shared memory
