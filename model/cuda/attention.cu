@@ -5,35 +5,52 @@
 // Per sequence b and head h: K = [kv[:, h, :nope] | a[:, kv_lora:]] (never materialised: a key tile is loaded
 // from both places), V = kv[:, h, nope:], S = Q K^T / sqrt(dqk) causal, P = softmax(S), O = P V.
 //
-// Precision: bf16 inputs staged in shared memory as bf16, every product and sum in fp32, exp by expf; out and the
-// input gradients rounded to bf16 once at the end; lse, maxlogit, D and the per-head rope-key partials fp32.
+// Precision: bf16 inputs staged in shared memory as bf16 (head dims zero-padded to a multiple of 16); the tile
+// products on tensor cores (nvcuda::wmma 16x16x16, bf16 operands, fp32 accumulation): S = Q K^T and dP = dO V^T
+// from the bf16 inputs, then O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K with P and dS rounded to bf16 (as
+// FlashAttention does; the row sum l stays the fp32 sum of the unrounded p). Softmax, lse, D, the online rescale,
+// maxlogit and the per-head rope-key partials fp32; exp by expf; out and the input gradients rounded to bf16 once at
+// the end. Against the fp32 CPU twin: out within ~2^-9 of the values' scale (relative L2 ~2e-3), the gradients
+// relative L2 ~3e-3 (tests/test_cuda_attn_moe.c).
 //
-// Kernels (all tiles are TILE x TILE = 64 x 64, 256 threads; thread (ty, tx) = (tid / 16, tid % 16) owns the
-// 4 tile rows ty*4 + r and the columns tx + 16 m of every row-major tile it accumulates):
+// Kernels (all tiles are TILE x TILE = 64 x 64, 256 threads = 8 warps). Tile products: warp w owns the 16 x 16
+// blocks of row block w & 3 and column blocks (w >> 2) + 2 f (two blocks of a 64 x 64 S, ceil(d / 32) of a d-wide
+// accumulator, kept in fragments across the loop). The fragment layout is unspecified, so row-wise work goes
+// through shared memory: S / dP are stored as fp32 tiles, read by thread (ty, tx) = (tid / 16, tid % 16) for the
+// 4 rows ty*4 + r and columns tx + 16 m (softmax, masking, dS), which writes P / dS as bf16 tiles for the next
+// product; the online rescale multiplies O's fragments elementwise by a fragment of the same kind loaded from a
+// (64, 16) tile of each row's factor; results leave the fragments through a per-warp 16 x 16 staging tile.
 //   attn_fwd_kernel     grid (T/64, H, B): one block per query tile; loops over the key tiles up to the diagonal
 //                       with the online softmax; writes out (bf16), lse (fp32) and combines the block's maximum
-//                       scaled logit into maxlogit[h] with an atomic max on the float's bit pattern (exact, and
-//                       order-independent, so deterministic).
+//                       scaled logit (from the fp32 S, before any rounding) into maxlogit[h] with an atomic max on
+//                       the float's bit pattern (exact, and order-independent, so deterministic).
+//   attn_maxlogit_kernel the forward's max logit alone (cuda_attn_maxlogit, for a fused attention that does not
+//                       report it): the same Q K^T tiles, masking and scaling, so the same value bit for bit.
 //   attn_bwd_d_kernel   D = rowsum(dO * O) per (row, head), one warp each (fixed-order butterfly).
 //   attn_bwd_dkv_kernel grid (T/64, H, B): one block per key tile; loops over the query tiles from the diagonal on,
-//                       recomputes P from lse, accumulates dV = P^T dO and dK = dS^T Q in registers; writes the
-//                       k-nope and v columns of dkv (bf16) and this head's rope-key gradient to an fp32 scratch
-//                       (N, H, rope).
+//                       recomputes P^T = exp(K Q^T scale - lse) and dP^T = V dO^T, accumulates dV = P^T dO and
+//                       dK = dS^T Q in fragments; writes the k-nope and v columns of dkv (bf16) and this head's
+//                       rope-key gradient to an fp32 scratch (N, H, rope).
 //   attn_bwd_dq_kernel  grid (T/64, H, B): one block per query tile; loops over the key tiles up to the diagonal,
 //                       recomputes P and dS, accumulates dQ = dS K (both halves of dqk).
 //   attn_bwd_dkr_kernel da[:, kv_lora:] = sum over heads, h = 0, 1, ..., H-1 in that order, of the partials.
-// Determinism: every kernel above is deterministic (each output element is produced by one thread in a fixed
-// order; no float atomics anywhere; the only atomic is the integer max of maxlogit, whose result does not depend
-// on the order). dQ and dK/dV come from separate kernels (P is recomputed twice) precisely so that nothing needs
-// to be accumulated across blocks.
+// Determinism: every kernel above is deterministic (each output element is produced by one warp or thread in a
+// fixed order -- an mma's summation order is fixed by the hardware; no float atomics anywhere; the only atomic is
+// the integer max of maxlogit, whose result does not depend on the order). dQ and dK/dV come from separate kernels
+// (P is recomputed twice) precisely so that nothing needs to be accumulated across blocks.
 //
-// Limits: dqk <= 256 and dv <= 256 (the per-thread accumulators are sized at compile time); shared memory per block
-// is at most ~167 KB at those limits (~118 KB at dqk = 192, dv = 128), requested with the opt-in attribute.
-// Speed: the tile products are scalar fp32 FMAs from shared memory (no tensor cores) -- simple and exact, but an
-// order of magnitude below a tensor-core flash attention; an mma/WMMA version (or cuDNN) is the optimisation.
+// Limits: dqk <= 256 and dv <= 256 (the fragment arrays are sized at compile time: 1, 2, 4, 6 or 8 per warp);
+// shared memory per block (K2 head, dqk = 192, dv = 128): forward 97 KB, dK/dV 137 KB, dQ 128 KB, max logit
+// 67 KB; at most ~184 KB at dqk = dv = 256; requested with the opt-in attribute. Global tiles are read with 16-byte
+// vectors when every row start and column range is 16-byte aligned (head dims multiples of 8), else per element.
+// Speed (dev/results/attention_tc_2026-12-03.md, an estimate from ptxas's counts; not yet measured on a GPU): at
+// the K2 head shape the forward (128 registers, 2 blocks/SM) is bound by shared-memory bandwidth (~320 KB of
+// fragment loads and staging per 64 x 64 tile pair for 2.6 MFLOP), expected ~130-180 TFLOP/s on an H100; the
+// backward kernels (174 registers, 1 block/SM) ~110-160 TFLOP/s -- about 6x the scalar-FMA kernels this replaced,
+// still 2-4x below FlashAttention-3 / cuDNN (wgmma, TMA, asynchronous double-buffered loads, warp specialisation).
 //
-// These kernels are the CUDA backend's only attention: a cuDNN fused-attention path (the design's other option)
-// is not written (choosing and validating its engine configurations needs a GPU; see the README's CUDA section).
+// These kernels are the CUDA backend's attention; a cuDNN fused-attention path is the design's other option (see
+// the README's CUDA section).
 #include "cuda_common.cuh"
 #include <mma.h>
 using namespace nvcuda;
@@ -43,6 +60,7 @@ using namespace nvcuda;
 #define ATT_LDS (ATT_TILE + 4)      // row stride (floats) of the fp32 64 x 64 tiles: a multiple of 4 (wmma: 16 bytes)
 #define ATT_LDB (ATT_TILE + 8)      // row stride (bf16) of the bf16 64 x 64 tiles (P, dS): a multiple of 8
 #define ATT_MAX_D 256
+#define ATT_LOAD_BATCH 4           // 16-byte global loads in flight per thread while staging a tile
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
@@ -98,12 +116,22 @@ __device__ __forceinline__ void load_cols(bf16* dst, int ld, int c0, const bf16*
                                           int nrows) {
     const bool vec = ((uintptr_t)src & 15) == 0 && (stride & 7) == 0 && (ncols & 7) == 0 && (c0 & 7) == 0;
     if (vec) {
-        const int nv = ncols >> 3;  // vectors per row
-        for (int idx = threadIdx.x; idx < ATT_TILE * nv; idx += blockDim.x) {
-            const int r = idx / nv, c = (idx - r * nv) << 3;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (r < nrows) v = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
-            *reinterpret_cast<uint4*>(dst + r * ld + c0 + c) = v;
+        // ATT_LOAD_BATCH loads in flight per thread before their stores: the tile is read synchronously, so its
+        // time is the L2 latency times the number of batches (10 vectors per thread for a K2 key + value tile)
+        const int nv = ncols >> 3, total = ATT_TILE * nv;  // vectors per row, per tile
+        for (int base = threadIdx.x; base < total; base += ATT_LOAD_BATCH * blockDim.x) {
+            uint4 v[ATT_LOAD_BATCH];
+#pragma unroll
+            for (int u = 0; u < ATT_LOAD_BATCH; u++) {
+                const int idx = base + u * blockDim.x, r = idx / nv, c = (idx - r * nv) << 3;
+                v[u] = make_uint4(0u, 0u, 0u, 0u);
+                if (idx < total && r < nrows) v[u] = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
+            }
+#pragma unroll
+            for (int u = 0; u < ATT_LOAD_BATCH; u++) {
+                const int idx = base + u * blockDim.x, r = idx / nv, c = (idx - r * nv) << 3;
+                if (idx < total) *reinterpret_cast<uint4*>(dst + r * ld + c0 + c) = v[u];
+            }
         }
     } else {
         const bf16 zero = __float2bfloat16_rn(0.0f);
