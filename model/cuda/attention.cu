@@ -43,11 +43,12 @@
 // shared memory per block (K2 head, dqk = 192, dv = 128): forward 97 KB, dK/dV 137 KB, dQ 128 KB, max logit
 // 67 KB; at most ~184 KB at dqk = dv = 256; requested with the opt-in attribute. Global tiles are read with 16-byte
 // vectors when every row start and column range is 16-byte aligned (head dims multiples of 8), else per element.
-// Speed (dev/results/attention_tc_2026-12-03.md, an estimate from ptxas's counts; not yet measured on a GPU): at
-// the K2 head shape the forward (128 registers, 2 blocks/SM) is bound by shared-memory bandwidth (~320 KB of
-// fragment loads and staging per 64 x 64 tile pair for 2.6 MFLOP), expected ~130-180 TFLOP/s on an H100; the
-// backward kernels (174 registers, 1 block/SM) ~110-160 TFLOP/s -- about 6x the scalar-FMA kernels this replaced,
-// still 2-4x below FlashAttention-3 / cuDNN (wgmma, TMA, asynchronous double-buffered loads, warp specialisation).
+// Speed (dev/results/attention_tc_2026-12-03.md: a model from the per-tile work and ptxas's counts, not yet measured
+// on a GPU): at the K2 head shape every kernel is bound by shared-memory bandwidth (8-9 FLOP per byte of fragment
+// loads and fp32 staging, ~320 KB per 64 x 64 tile pair in the forward), plus the synchronous tile loads. Forward
+// (128 registers, 2 blocks/SM) ~0.20-0.30 ms per k2-small layer (B=4, T=2048; ~150-220 TFLOP/s on an H100),
+// backward (174 / 128 registers, 1 block/SM) ~0.7-0.9 ms -- 7-9x the scalar-FMA kernels this replaced, still 2-4x
+// below FlashAttention-3 / cuDNN (wgmma, TMA, asynchronous double-buffered loads, softmax in registers).
 //
 // These kernels are the CUDA backend's attention; a cuDNN fused-attention path is the design's other option (see
 // the README's CUDA section).
