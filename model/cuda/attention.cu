@@ -40,14 +40,14 @@
 // (P is recomputed twice) precisely so that nothing needs to be accumulated across blocks.
 //
 // Limits: dqk <= 256 and dv <= 256 (the fragment arrays are sized at compile time: 1, 2, 4, 6 or 8 per warp);
-// shared memory per block (K2 head, dqk = 192, dv = 128): forward 97 KB, dK/dV 137 KB, dQ 128 KB, max logit
+// shared memory per block (K2 head, dqk = 192, dv = 128): forward 97 KB, dK/dV 137 KB, dQ 111 KB, max logit
 // 67 KB; at most ~184 KB at dqk = dv = 256; requested with the opt-in attribute. Global tiles are read with 16-byte
 // vectors when every row start and column range is 16-byte aligned (head dims multiples of 8), else per element.
 // Speed (dev/results/attention_tc_2026-12-03.md: a model from the per-tile work and ptxas's counts, not yet measured
 // on a GPU): at the K2 head shape every kernel is bound by shared-memory bandwidth (8-9 FLOP per byte of fragment
 // loads and fp32 staging, ~320 KB per 64 x 64 tile pair in the forward), plus the synchronous tile loads. Forward
 // (128 registers, 2 blocks/SM) ~0.20-0.30 ms per k2-small layer (B=4, T=2048; ~150-220 TFLOP/s on an H100),
-// backward (174 / 128 registers, 1 block/SM) ~0.7-0.9 ms -- 7-9x the scalar-FMA kernels this replaced, still 2-4x
+// backward (dK/dV 174 registers, 1 block/SM; dQ 128, 2 blocks/SM) ~0.65-0.9 ms -- 7-9x the scalar-FMA kernels this replaced, still 2-4x
 // below FlashAttention-3 / cuDNN (wgmma, TMA, asynchronous double-buffered loads, softmax in registers).
 //
 // These kernels are the CUDA backend's attention; a cuDNN fused-attention path is the design's other option (see
@@ -537,9 +537,10 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dkv_kernel(bf16* __restr
     }
 }
 
-// One block per query tile: dQ = dS K over the keys up to the diagonal.
+// One block per query tile: dQ = dS K over the keys up to the diagonal. Up to dqk = 192 (FQ <= 6) two blocks fit
+// in an SM's shared memory, so registers are capped for two (128; ptxas spills 4 bytes at FQ = 6).
 template <int FQ>
-__global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restrict__ dq,
+__global__ void __launch_bounds__(ATT_THREADS, FQ <= 6 ? 2 : 1) attn_bwd_dq_kernel(bf16* __restrict__ dq,
                                                                   const bf16* __restrict__ dout,
                                                                   const bf16* __restrict__ q,
                                                                   const bf16* __restrict__ kv,
@@ -551,9 +552,10 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restri
     bf16* Ks = Qs + ATT_TILE * s.ldq;
     bf16* dOs = Ks + ATT_TILE * s.ldq;
     bf16* Vs = dOs + ATT_TILE * s.ldv;
-    float* Ss = reinterpret_cast<float*>(Vs + ATT_TILE * s.ldv);  // S (query row, key col); later staging
-    float* dPs = Ss + ATT_TILE * ATT_LDS;                          // dP
-    bf16* dSb = reinterpret_cast<bf16*>(dPs + ATT_TILE * ATT_LDS);  // dS in bf16
+    // S (query row, key col), then dP in the same tile (one fp32 tile fewer: 2 blocks per SM at the K2 shape);
+    // after the loop, the warps' staging tiles
+    float* Ss = reinterpret_cast<float*>(Vs + ATT_TILE * s.ldv);
+    bf16* dSb = reinterpret_cast<bf16*>(Ss + ATT_TILE * ATT_LDS);  // dS in bf16
     float* lse_s = reinterpret_cast<float*>(dSb + ATT_TILE * ATT_LDB);
     float* D_s = lse_s + ATT_TILE;
 
@@ -578,11 +580,11 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restri
         load_k_tile(Ks, kv, a, s, b, h, k0);
         load_v_tile(Vs, kv, 1, s, b, h, k0);
         __syncthreads();
-        tile_abt(Ss, Qs, s.ldq, Ks, s.ldq, s.dqkp);   // S = Q K^T
-        tile_abt(dPs, dOs, s.ldv, Vs, s.ldv, s.dvp);  // dP = dO V^T
+        tile_abt(Ss, Qs, s.ldq, Ks, s.ldq, s.dqkp);  // S = Q K^T
         __syncthreads();
 
         // this thread: query rows ty*4 + r, key columns tx + 16 m
+        float p[4][4];
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = ty * 4 + r, qi = q0 + i;
@@ -590,8 +592,19 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dq_kernel(bf16* __restri
             for (int m = 0; m < 4; m++) {
                 const int jc = tx + 16 * m, kj = k0 + jc;
                 const bool valid = qi < s.T && kj <= qi;
-                const float p = valid ? expf(Ss[i * ATT_LDS + jc] * s.scale - lse_s[i]) : 0.0f;
-                dSb[i * ATT_LDB + jc] = __float2bfloat16_rn(p * (dPs[i * ATT_LDS + jc] - D_s[i]) * s.scale);
+                p[r][m] = valid ? expf(Ss[i * ATT_LDS + jc] * s.scale - lse_s[i]) : 0.0f;
+            }
+        }
+        __syncthreads();  // every S read before dP overwrites it
+        tile_abt(Ss, dOs, s.ldv, Vs, s.ldv, s.dvp);  // dP = dO V^T
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int i = ty * 4 + r;
+#pragma unroll
+            for (int m = 0; m < 4; m++) {
+                const int jc = tx + 16 * m;
+                dSb[i * ATT_LDB + jc] = __float2bfloat16_rn(p[r][m] * (Ss[i * ATT_LDS + jc] - D_s[i]) * s.scale);
             }
         }
         __syncthreads();
@@ -646,7 +659,7 @@ static size_t dkv_smem(const AttnArgs& s) {
 }
 static size_t dq_smem(const AttnArgs& s) {
     return (size_t)ATT_TILE * (2 * s.ldq + 2 * s.ldv + ATT_LDB) * sizeof(bf16) +
-           (size_t)ATT_TILE * (2 * ATT_LDS + 2) * sizeof(float);
+           (size_t)ATT_TILE * (ATT_LDS + 2) * sizeof(float);
 }
 
 static int att_smem_optin(void) {
