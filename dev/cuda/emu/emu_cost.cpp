@@ -11,7 +11,10 @@
 //   cuBLAS (GemmEx, grouped, strided batched): 70% of the unit's peak, after tile and wave quantisation (128 x 128
 //     output tiles, ceil(tiles / 132) full waves), and the bandwidth term at 100%;
 //   our own kernels: 100% of their unit's peak and of the bandwidth -- a best case, not a forecast: a kernel
-//     predicted at 1 ms may well take 2;
+//     predicted at 1 ms may well take 2; except our tensor-core (WMMA) kernels: 20% of the bf16 peak (~200
+//     TFLOP/s), what dev/results/attention_tc_2026-12-03.md works out for tiles staged through shared memory
+//     (shared-memory bandwidth, not the tensor cores, bounds them: 150-245 TFLOP/s; WMMA compiles to mma.sync,
+//     which reaches ~2/3 of the wgmma peak at best);
 //   a unit per kernel: "tensor" (bf16 tensor cores: WMMA/MMA kernels), "fma" (fp32 CUDA cores), "memory" (element-
 //     wise: FLOPs counted against the FMA peak, but bandwidth decides);
 //   4 us per kernel launch or library call (a stream of small kernels is launch-bound), 10 us per stream
@@ -46,6 +49,7 @@ struct Gpu {
 static const Gpu gpus[2] = {{"H100 SXM", 989e12, 67e12, 3.35e12, 132}, {"H200", 989e12, 67e12, 4.8e12, 132}};
 static const double CUBLAS_EFF = 0.70;       // of the unit's peak, after tile/wave quantisation
 static const double OWN_EFF = 1.00;          // our kernels: best case
+static const double OWN_TENSOR_EFF = 0.20;   // our WMMA kernels: shared-memory bound (attention_tc_2026-12-03.md)
 static const double LAUNCH_S = 4e-6;         // per kernel launch / library call
 static const double SYNC_S = 10e-6;          // per stream synchronisation
 static const double PCIE_BPS = 25e9;         // host <-> device copies
@@ -144,16 +148,19 @@ static double nonempty_experts(const void* offsets, int E) {
 #define ATT_PAIRS(s) ((double)(s).B * (s).H * (double)(s).T * (s).T / 2)
 #define ATT_N(s) ((double)(s).B * (s).T)
 static const KernelRule kernel_rules[] = {
-    // ---- attention.cu (fp32 FMA flash kernels; S = Q K^T and O = P V: 2 FLOPs per pair per dim)
-    RULE(attn_fwd_kernel, FMA, 0, 2 * ATT_PAIRS(a.s(6)) * (a.s(6).dqk + a.s(6).dv),
+    // ---- attention.cu (flash kernels on tensor cores, WMMA; S = Q K^T and O = P V: 2 FLOPs per pair per dim)
+    RULE(attn_fwd_kernel, TENSOR, 0, 2 * ATT_PAIRS(a.s(6)) * (a.s(6).dqk + a.s(6).dv),
          ATT_N(a.s(6)) * (BF * a.s(6).H * (a.s(6).dqk + a.s(6).nope + 2 * a.s(6).dv) + BF * a.s(6).rope + F4 * a.s(6).H))
     // S again, dP = dO V^T, dV += P^T dO, dK += dS^T Q
-    RULE(attn_bwd_dkv_kernel, FMA, 0, 2 * ATT_PAIRS(a.s(8)) * (2 * a.s(8).dqk + 2 * a.s(8).dv),
+    RULE(attn_bwd_dkv_kernel, TENSOR, 0, 2 * ATT_PAIRS(a.s(8)) * (2 * a.s(8).dqk + 2 * a.s(8).dv),
          ATT_N(a.s(8)) * (BF * a.s(8).H * (2 * a.s(8).dqk + 2 * a.s(8).nope + 3 * a.s(8).dv) + BF * a.s(8).rope +
                           F4 * a.s(8).H * (2 + a.s(8).rope)))
     // S again, dP = dO V^T, dQ = dS K
-    RULE(attn_bwd_dq_kernel, FMA, 0, 2 * ATT_PAIRS(a.s(7)) * (2 * a.s(7).dqk + a.s(7).dv),
+    RULE(attn_bwd_dq_kernel, TENSOR, 0, 2 * ATT_PAIRS(a.s(7)) * (2 * a.s(7).dqk + a.s(7).dv),
          ATT_N(a.s(7)) * (BF * a.s(7).H * (2 * a.s(7).dqk + a.s(7).nope + 2 * a.s(7).dv) + BF * a.s(7).rope + F4 * 2 * a.s(7).H))
+    // the forward's S = Q K^T alone, for its max (maxlogit, q, kv, a, s)
+    RULE(attn_maxlogit_kernel, TENSOR, 0, 2 * ATT_PAIRS(a.s(4)) * a.s(4).dqk,
+         ATT_N(a.s(4)) * (BF * a.s(4).H * (a.s(4).dqk + a.s(4).nope) + BF * a.s(4).rope) + F4 * a.s(4).H)
     // D = rowsum(dO * O)   (D, dout, out, N, T, H, dv)
     RULE(attn_bwd_d_kernel, MEMORY, 0, 2 * a[3] * a[5] * a[6], a[3] * a[5] * (2 * BF * a[6] + F4))
     // da[:, rope part] += sum over heads of dkr   (da, dkr, N, H, rope, a_stride, kv_lora)
@@ -163,9 +170,6 @@ static const KernelRule kernel_rules[] = {
     RULE(sdpa_build_k_kernel, MEMORY, 0, 0, BF * a[3] * (2 * a[4] * (a[5] + a[6])))
     // (dkv, da, dkmat, N, H, nope, rope, dv, kv_lora): k-nope columns copied, the rope part summed over heads
     RULE(sdpa_split_dk_kernel, MEMORY, 0, a[3] * a[4] * a[6], BF * a[3] * (a[4] * (a[5] + a[6]) + a[4] * a[5] + a[6]))
-    // (maxlogit, q, kv, a, T, H, nope, rope, dv, kv_lora, scale, ld), B = grid.z: S = Q K^T on WMMA, causal half
-    RULE(attn_maxlogit_kernel, TENSOR, 0, 2 * a.g.z * a[5] * a[4] * a[4] / 2 * (a[6] + a[7]),
-         BF * a.g.z * a[4] * (a[5] * (2 * (a[6] + a[7]) + a[8]) + a[7]) + F4 * a[5])
     // ---- dense.cu
     RULE(embedding_forward_kernel, MEMORY, 0, 0, a[3] * (2 * BF * a[4] + F4))          // (out, tokens, wte, N, d)
     RULE(iota_kernel, MEMORY, 0, 0, F4 * a[1])                                          // (x, n)
@@ -240,7 +244,7 @@ int emu_cost_launch(const char* name, dim3 g, dim3 b, size_t smem, const EmuArg*
     for (const KernelRule& r : kernel_rules) {
         if (strcmp(r.name, name) != 0) continue;
         Cost c = r.cost(A{args, g});
-        record(name, r.unit, c.flops, c.flops, c.bytes, OWN_EFF, LAUNCH_S);
+        record(name, r.unit, c.flops, c.flops, c.bytes, r.unit == TENSOR ? OWN_TENSOR_EFF : OWN_EFF, LAUNCH_S);
         return !emu_count_only() || r.runs;
     }
     fprintf(stderr, "emu cost: kernel %s has no FLOP/byte formula: add its line to kernel_rules in "

@@ -84,8 +84,9 @@ static void fiber_start(int t) {
 
 void emu_run_grid(dim3 g, dim3 b, size_t smem, const std::function<void()>& body) {
     int nt = (int)b.x;
-    std::vector<unsigned char> buf(smem + 16);
-    unsigned char* sm = (unsigned char*)(((uintptr_t)buf.data() + 15) & ~(uintptr_t)15);
+    // 128-byte aligned, as the GPU's dynamic shared memory (wmma tiles in it need 32 bytes)
+    std::vector<unsigned char> buf(smem + 128);
+    unsigned char* sm = (unsigned char*)(((uintptr_t)buf.data() + 127) & ~(uintptr_t)127);
     blockDim = b; gridDim = g; cur_body = &body; emu_smem = sm;
     for (unsigned z = 0; z < g.z; z++)
         for (unsigned y = 0; y < g.y; y++)

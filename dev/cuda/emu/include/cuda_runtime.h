@@ -25,6 +25,8 @@ struct dim3 {
 };
 struct float2 { float x, y; };
 struct int4 { int x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };  // 16-byte vector loads/stores (attention.cu's tile loader)
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { uint4 v; v.x = x; v.y = y; v.z = z; v.w = w; return v; }
 
 typedef int cudaError_t;
 enum { cudaSuccess = 0 };
