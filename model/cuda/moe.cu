@@ -36,6 +36,9 @@
 #include "cuda_common.cuh"
 
 #include <limits.h>
+#include <mma.h>
+
+using namespace nvcuda;
 
 // ----------------------------------------------------------------------------
 // the experts' GEMMs: many row-major GEMMs (gemm_bf16's convention, cuda_common.cuh), grouped when cuBLAS can
@@ -59,11 +62,6 @@ static GemmProb prob(int ta, int tb, int M, int N, int K, int lda, int ldb, int 
 static int expert_gemm_loop_forced(void) {
     const char* v = getenv("TRAIN_MOE_EXPERT_GEMM");
     return v && strcmp(v, "loop") == 0;
-}
-
-static int expert_dw_kernel_chosen(void) {
-    const char* v = getenv("TRAIN_MOE_EXPERT_DW");
-    return v && strcmp(v, "kernel") == 0;
 }
 
 static int grouped_gemm_ok = 1;  // cleared (with one note on stderr) the first time cuBLAS refuses grouped GEMM
@@ -683,10 +681,115 @@ __global__ void expert_dw_kernel(float* __restrict__ out, const bf16* __restrict
     }
 }
 
-static void expert_dw(float* out, const bf16* A, const bf16* B, const int* offsets, int E, int P, int Q) {
+// The same product on tensor cores (the default): out[e] (P,Q) fp32 += A_e^T B_e with bf16 inputs, fp32 accumulate.
+// Block (x, y, e) owns a DWW_TILE x DWW_TILE tile of out[e]; its 4 warps own 32x32 quarters (2x2 wmma 16x16
+// accumulators each). The expert's rows go through shared memory DWW_ROWS at a time, as they lie in memory: a slab
+// of A_e (rows, P cols) read column-major is A_e^T (the matrix_a operand), a slab of B_e row-major is matrix_b.
+// Rows past the expert's last row and columns past P / Q are staged as zeros, so partial tiles need no special
+// case in the products; the accumulators then go through shared memory and each in-range element is added to out
+// once. Deterministic: each output element is summed by one warp over the rows in a fixed order, and written once.
+// Experts with no rows return at once (their gradient is unchanged). The offsets are read on the device: this path
+// needs nothing from the host.
+#define DWW_TILE 64
+#define DWW_ROWS 32
+#define DWW_LD (DWW_TILE + 8)   // bf16 row stride of the slabs: a multiple of 16 bytes (wmma's ldm rule)
+#define DWW_CLD (DWW_TILE + 4)  // fp32 row stride of the accumulator staging (likewise)
+#define DWW_THREADS 128
+
+// VEC: P and Q multiples of 8 and A, B 16-byte aligned, so the slabs load 8 bf16 (16 bytes) at a time
+template <bool VEC>
+__global__ void __launch_bounds__(DWW_THREADS)
+    expert_dw_wmma_kernel(float* __restrict__ out, const bf16* __restrict__ A, const bf16* __restrict__ B,
+                          const int* __restrict__ offsets, int P, int Q) {
+    const int e = blockIdx.z;
+    const int r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n <= 0) return;  // uniform over the block
+    __align__(32) __shared__ bf16 As[DWW_ROWS][DWW_LD];     // rows x P-columns of A_e
+    __align__(32) __shared__ bf16 Bs[DWW_ROWS][DWW_LD];     // rows x Q-columns of B_e
+    __align__(32) __shared__ float Cs[DWW_TILE][DWW_CLD];   // the block's sums, for the bounded += at the end
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wp = (warp >> 1) * 32, wq = (warp & 1) * 32;  // the warp's quarter of the tile
+    const int p0 = blockIdx.y * DWW_TILE, q0 = blockIdx.x * DWW_TILE;
+    // a quarter wholly past P or Q has nothing to compute (warp-uniform, so the warp collectives stay whole)
+    const bool live = p0 + wp < P && q0 + wq < Q;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int r = 0; r < n; r += DWW_ROWS) {
+        if (VEC) {
+            const int4 zero = {0, 0, 0, 0};
+            for (int u = tid; u < DWW_ROWS * DWW_TILE / 8; u += DWW_THREADS) {
+                const int i = u / (DWW_TILE / 8), c = (u % (DWW_TILE / 8)) * 8;
+                int4 va = zero, vb = zero;
+                if (r + i < n) {
+                    const size_t g = (size_t)r0 + r + i;
+                    if (p0 + c < P) va = *reinterpret_cast<const int4*>(A + g * P + p0 + c);
+                    if (q0 + c < Q) vb = *reinterpret_cast<const int4*>(B + g * Q + q0 + c);
+                }
+                *reinterpret_cast<int4*>(&As[i][c]) = va;
+                *reinterpret_cast<int4*>(&Bs[i][c]) = vb;
+            }
+        } else {
+            for (int u = tid; u < DWW_ROWS * DWW_TILE; u += DWW_THREADS) {
+                const int i = u / DWW_TILE, c = u % DWW_TILE;
+                const bool row_ok = r + i < n;
+                const size_t g = (size_t)r0 + r + i;
+                As[i][c] = row_ok && p0 + c < P ? A[g * P + p0 + c] : f2bf(0.0f);
+                Bs[i][c] = row_ok && q0 + c < Q ? B[g * Q + q0 + c] : f2bf(0.0f);
+            }
+        }
+        __syncthreads();
+        // k steps of 16 rows; a step wholly past the expert's rows adds only zeros and is skipped (block-uniform)
+        for (int k = 0; k < DWW_ROWS && live && r + k < n; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b[2];
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(a[i], &As[k][wp + 16 * i], DWW_LD);
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(b[j], &Bs[k][wq + 16 * j], DWW_LD);
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();  // the slabs are read before the next ones overwrite them
+    }
+    if (live)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++)
+                wmma::store_matrix_sync(&Cs[wp + 16 * i][wq + 16 * j], acc[i][j], DWW_CLD, wmma::mem_row_major);
+    __syncthreads();
+    float* o = out + (size_t)e * P * Q;
+    for (int u = tid; u < DWW_TILE * DWW_TILE; u += DWW_THREADS) {
+        const int i = u / DWW_TILE, j = u % DWW_TILE;
+        const int pp = p0 + i, qq = q0 + j;
+        // an element in range lies in a live quarter, so Cs holds its sum
+        if (pp < P && qq < Q) o[(size_t)pp * Q + qq] += Cs[i][j];
+    }
+}
+
+// the weight-gradient paths: WMMA (default), the fp32 kernel, or the per-expert cuBLAS loop
+typedef enum { EXPERT_DW_WMMA, EXPERT_DW_FP32, EXPERT_DW_LOOP } ExpertDwPath;
+
+static ExpertDwPath expert_dw_path(void) {
+    if (expert_gemm_loop_forced()) return EXPERT_DW_LOOP;
+    const char* v = getenv("TRAIN_MOE_EXPERT_DW");
+    if (!v || !*v || !strcmp(v, "wmma")) return EXPERT_DW_WMMA;
+    if (!strcmp(v, "kernel")) return EXPERT_DW_FP32;
+    if (!strcmp(v, "loop")) return EXPERT_DW_LOOP;
+    fatal("TRAIN_MOE_EXPERT_DW=%s: expected wmma, kernel or loop", v);
+    return EXPERT_DW_WMMA;
+}
+
+static void expert_dw(float* out, const bf16* A, const bf16* B, const int* offsets, int E, int P, int Q,
+                      ExpertDwPath path) {
     if (E > 65535) fatal("moe experts: %d experts exceed the grid's z limit", E);
-    dim3 grid(ceil_div_u(Q, DW_TILE), ceil_div_u(P, DW_TILE), (unsigned)E);
-    expert_dw_kernel<<<grid, 256, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    if (path == EXPERT_DW_FP32) {
+        dim3 grid(ceil_div_u(Q, DW_TILE), ceil_div_u(P, DW_TILE), (unsigned)E);
+        expert_dw_kernel<<<grid, 256, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    } else {
+        dim3 grid(ceil_div_u(Q, DWW_TILE), ceil_div_u(P, DWW_TILE), (unsigned)E);
+        if (P % 8 == 0 && Q % 8 == 0 && aligned16(A) && aligned16(B))
+            expert_dw_wmma_kernel<true><<<grid, DWW_THREADS, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+        else
+            expert_dw_wmma_kernel<false><<<grid, DWW_THREADS, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    }
     cudaCheckLaunch();
 }
 
@@ -717,14 +820,14 @@ extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, vo
     }
     const size_t r0 = (size_t)off[0], rows = (size_t)(off[E] - off[0]);
     gemm_many(g_dh, cnt, 0.0f, CUDA_R_16BF, 0);
-    const int dw_kernel = expert_dw_kernel_chosen();
+    const ExpertDwPath dw_path = expert_dw_path();
     // dW2[e] (d,f) += dY_e^T hact_e
-    if (dw_kernel) expert_dw(dw2, dY, HA, offsets, E, d, f);
+    if (dw_path != EXPERT_DW_LOOP) expert_dw(dw2, dY, HA, offsets, E, d, f, dw_path);
     else gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F, 1);  // per-expert loop (no grouped bf16 -> fp32)
     cuda_swiglu_backward(dH13 + r0 * 2 * f, dH + r0 * f, H13 + r0 * 2 * f, (int)rows, f);
     gemm_many(g_dx, cnt, 0.0f, CUDA_R_16BF, 2);
     // dW13[e] (2f,d) += dH13_e^T xe_e
-    if (dw_kernel) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d);
+    if (dw_path != EXPERT_DW_LOOP) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d, dw_path);
     else gemm_many(g_dw13, cnt, 1.0f, CUDA_R_32F, 3);
     free(g);
 }
