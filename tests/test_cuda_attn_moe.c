@@ -565,9 +565,13 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
     snprintf(what, sizeof(what), "moe_experts_backward %s: dw2 vs the fp32 CPU chain", shape);
     cmp_l2(what, g2_g, g2_c, (size_t)E * d * f, 1e-2);
     // determinism
+    // (through a fresh copy of the offsets that no forward has read: the backward copies them itself instead of
+    // reusing its forward's host copy, and must give the same bits)
+    int* doff2 = up_i32(off, E + 1);
     gpu->to_device(dg13, g13_0, (size_t)E * 2 * f * d * sizeof(float));
     gpu->to_device(dg2, g2_0, (size_t)E * d * f * sizeof(float));
-    gpu->moe_experts_backward(ddxe, dg13, dg2, ddh13, ddha, dgy, dxe, dh13, dha, dw13, dw2, doff, E, d, f);
+    gpu->moe_experts_backward(ddxe, dg13, dg2, ddh13, ddha, dgy, dxe, dh13, dha, dw13, dw2, doff2, E, d, f);
+    gpu->free(doff2);
     {
         float* a2 = down_bf16(ddxe, nx);
         float* b2 = down_f32(dg13, (size_t)E * 2 * f * d);
