@@ -652,7 +652,7 @@ static OffsetsMirror* mirror_find(const int* offsets, int E) {
 }
 
 __global__ void offsets_check_kernel(int* stale, const int* __restrict__ offsets, const int* __restrict__ snap, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    GRID_STRIDE_LOOP(i, n)
         if (offsets[i] != snap[i]) *stale = 1;  // every writer writes 1: the order does not matter
 }
 
