@@ -102,8 +102,9 @@ OP(void, adamw_update, (float* p, const float* g, float* m, float* v, size_t n, 
 // Muon: m = mu m + g * grad_scale, u = g * grad_scale + mu m (n elements)
 OP(void, muon_momentum, (float* m, float* u, const float* g, size_t n, float mu, float grad_scale))
 // x (batch, rows, cols) <- Newton-Schulz orthogonalisation of each matrix (MODEL.md); coeffs (steps, 3) is
-// host memory (the scalars of each iteration)
-OP(void, newton_schulz, (float* x, int batch, int rows, int cols, const float* coeffs, int steps))
+// host memory (the scalars of each iteration); bf16_gemms: 1 = the iteration's GEMMs may take bf16 operands with
+// fp32 accumulation (CUDA: --muon-ns bf16), 0 = true fp32. The CPU always runs fp32 and ignores it.
+OP(void, newton_schulz, (float* x, int batch, int rows, int cols, const float* coeffs, int steps, int bf16_gemms))
 // p = p - lr (scale o + wd p); returns the sum over n of (scale o)^2
 OP(double, muon_update, (float* p, const float* o, size_t n, float lr, float scale, float wd))
 // QK-Clip: rows [row0, row0 + nrows) of w (., cols) *= factor

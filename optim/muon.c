@@ -42,7 +42,7 @@ double muon_update_unit(Optimizer* opt, Model* model, const OptUnit* u, float lr
     int rows = t->rows / t->row_blocks, cols = t->cols;
     ops->sync();
     double t0 = wall_seconds();
-    ops->newton_schulz(x, u->mat1 - u->mat0, rows, cols, opt->ns_coeffs, opt->ns_steps);
+    ops->newton_schulz(x, u->mat1 - u->mat0, rows, cols, opt->ns_coeffs, opt->ns_steps, opt->cfg.ns_bf16);
     ops->sync();
     opt->ns_seconds += wall_seconds() - t0;
     // W -= lr (0.2 sqrt(max(A, B)) O + wd W): the 0.2 sqrt(max) gives the update AdamW's RMS, so lr and wd carry over

@@ -29,6 +29,7 @@ typedef struct {
     float mu;               // Muon momentum (Nesterov)
     const char* ns_table;   // "default" (Keller Jordan's 5 x (3.4445, -4.7750, 2.0315)) or "polar" (Polar Express)
     int muon_router;        // 1: the router matrices go to Muon, 0: to AdamW
+    int ns_bf16;            // 1: Newton-Schulz's GEMMs with bf16 operands, fp32 accumulation (the CUDA backend)
 } OptimConfig;
 
 // A piece of the parameters that one rank updates: a range of one tensor's elements (AdamW), or a run of whole

@@ -300,6 +300,8 @@ expect_error "--attention flash" "--attention" "$NEW" --attention flash
 expect_error "--attention cudnn on the cpu device" "--attention cudnn needs the CUDA backend" "$NEW" --device cpu --attention cudnn
 expect_error "--optim sgd" "--optim" "$NEW" --optim sgd
 expect_error "--ns cubic" "--ns" "$NEW" --optim muon --ns cubic
+expect_error "--muon-ns fp16" "--muon-ns" "$NEW" --optim muon --muon-ns fp16
+expect_error "--muon-ns bf16 on the CPU" "--muon-ns" "$NEW" --device cpu --optim muon --muon-ns bf16
 expect_error "--muon-router 2" "--muon-router" "$NEW" --optim muon --muon-router 2
 expect_error "--muon-momentum 1" "--muon-momentum" "$NEW" --optim muon --muon-momentum 1
 expect_error "--qk-clip-tau -1" "--qk-clip-tau" "$NEW" --qk-clip-tau -1

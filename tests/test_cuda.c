@@ -22,6 +22,11 @@
 //   Newton-Schulz: relative L2 error 2e-4 and afrac 2e-3 per element: the iteration expands the small singular
 //     directions by up to a^steps = 3.4445^5 ~ 480, so fp32 rounding (1e-7) in another summation order can grow to
 //     ~5e-5; a wrong transpose, coefficient or normalisation is O(1).
+//   Newton-Schulz in bf16 (--muon-ns bf16) against the CPU's fp32: relative L2 3e-2 and afrac 5e-2 per element.
+//     Rounding X, A and B to bf16 (2^-9) at each of the 5 steps, amplified by the iteration's slope (a = 3.4 / 8.2
+//     on small singular values), moves the result by 1-2e-2 in relative L2 -- the same in a float64 model of the
+//     iteration (dev/cuda/ns_bf16_error.py) -- and leaves the singular values in the same band as fp32; a wrong
+//     transpose, coefficient or normalisation is O(1).
 // Determinism: the ops documented as deterministic (embedding backward with repeated tokens, RMSNorm dgain, the
 // matmul weight gradient, sum_squares) are run twice on the same inputs and must agree bit for bit.
 //
@@ -456,9 +461,9 @@ static void test_newton_schulz(int batch, int rows, int cols, const char* table)
     size_t n = (size_t)batch * rows * cols;
     float* x = randf(n, 0.02f);
     float* ref = fdup(x, n);
-    cpu->newton_schulz(ref, batch, rows, cols, coeffs, 5);
+    cpu->newton_schulz(ref, batch, rows, cols, coeffs, 5, 0);
     float* dx = up_f32(x, n);
-    gpu->newton_schulz(dx, batch, rows, cols, coeffs, 5);
+    gpu->newton_schulz(dx, batch, rows, cols, coeffs, 5, 0);  // fp32 GEMMs (--muon-ns fp32)
     float* got = down_f32(dx, n);
     double rl = rel_l2f(got, ref, n);
     char what[160];
@@ -468,6 +473,44 @@ static void test_newton_schulz(int batch, int rows, int cols, const char* table)
     check(rl <= 2e-4, "newton_schulz %s batch=%d %dx%d: ||gpu-cpu||/||cpu|| = %.2e (tol 2e-4)", table, batch, rows, cols, rl);
     gpu->free(dx);
     free(x); free(ref); free(got);
+}
+
+// --muon-ns bf16: the GPU's iteration with bf16 GEMM operands (fp32 accumulation, fp32 X between steps) against the
+// CPU's fp32 iteration, on random non-zero matrices shaped like the experts' (w1 / w3 rows x d wide, w2 d x f tall:
+// rows != cols, both orientations). Tolerance: relative L2 <= BF16_NS_RL2 and per element afrac BF16_NS_AFRAC of
+// max|cpu| (see the header). Also: the bf16 path must differ from the fp32 one (it did run in bf16), and two runs
+// agree bit for bit.
+#define BF16_NS_RL2 3e-2
+#define BF16_NS_AFRAC 5e-2
+static void test_newton_schulz_bf16(int batch, int rows, int cols, const char* table) {
+    float coeffs[5 * 3];
+    if (newton_schulz_table(table, coeffs) != 5) fatal("test_newton_schulz_bf16: no 5-step table \"%s\"", table);
+    size_t n = (size_t)batch * rows * cols;
+    float* x = randf(n, 0.02f);
+    float* ref = fdup(x, n);
+    cpu->newton_schulz(ref, batch, rows, cols, coeffs, 5, 0);
+    float* dx = up_f32(x, n);
+    gpu->newton_schulz(dx, batch, rows, cols, coeffs, 5, 1);
+    float* got = down_f32(dx, n);
+    float* d32 = up_f32(x, n);
+    gpu->newton_schulz(d32, batch, rows, cols, coeffs, 5, 0);
+    float* got32 = down_f32(d32, n);
+    gpu->to_device(dx, x, n * sizeof(float));
+    gpu->newton_schulz(dx, batch, rows, cols, coeffs, 5, 1);
+    float* again = down_f32(dx, n);
+    double rl = rel_l2f(got, ref, n), rl32 = rel_l2f(got, got32, n);
+    char what[160];
+    snprintf(what, sizeof(what), "newton_schulz bf16 %s batch=%d %dx%d%s: per element", table, batch, rows, cols,
+             rows > cols ? " (tall: transposed)" : "");
+    cmpv(what, got, ref, n, 0, BF16_NS_AFRAC);
+    check(rl <= BF16_NS_RL2, "newton_schulz bf16 %s batch=%d %dx%d: ||gpu-cpu||/||cpu|| = %.2e (tol %.0e)", table,
+          batch, rows, cols, rl, BF16_NS_RL2);
+    check(rl32 > 1e-6, "newton_schulz bf16 %s batch=%d %dx%d: differs from the fp32 GEMMs (%.2e): bf16 ran", table,
+          batch, rows, cols, rl32);
+    check(!memcmp(again, got, n * sizeof(float)), "newton_schulz bf16 %s batch=%d %dx%d: deterministic (two runs)",
+          table, batch, rows, cols);
+    gpu->free(dx); gpu->free(d32);
+    free(x); free(ref); free(got); free(got32); free(again);
 }
 
 static void test_muon_update(void) {
@@ -547,6 +590,11 @@ static void t_muon(void) {
     test_newton_schulz(2, 50, 20, "default");  // tall: transposed
     test_newton_schulz(1, 32, 32, "polar");    // square
     test_newton_schulz(5, 64, 17, "polar");
+    // bf16 GEMMs, expert-like shapes (k2-small's 288 x 1024 and 1024 x 288, scaled down): wide, tall, and odd
+    test_newton_schulz_bf16(6, 72, 256, "default");
+    test_newton_schulz_bf16(6, 256, 72, "default");
+    test_newton_schulz_bf16(3, 40, 136, "polar");
+    test_newton_schulz_bf16(2, 37, 21, "default");
     test_muon_update();
     test_scale_rows();
 }

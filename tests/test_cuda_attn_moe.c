@@ -488,7 +488,7 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
     snprintf(shape, sizeof(shape), "N=%d K=%d E=%d d=%d f=%d [%s]", N, K, E, d, f, mode);
     if (!strcmp(mode, "loop")) setenv("TRAIN_MOE_EXPERT_GEMM", "loop", 1);
     else unsetenv("TRAIN_MOE_EXPERT_GEMM");
-    // "dwkernel": the weight gradients through our grouped kernel instead of the per-expert cuBLAS loop
+    // "dwkernel": the weight gradients through the fp32 expert_dw_kernel instead of the default WMMA kernel
     if (!strcmp(mode, "dwkernel")) setenv("TRAIN_MOE_EXPERT_DW", "kernel", 1);
     else unsetenv("TRAIN_MOE_EXPERT_DW");
     const size_t NK = (size_t)N * K, n13 = NK * 2 * f, nh = NK * f, nx = NK * d;
@@ -607,9 +607,13 @@ static void test_experts(int N, int K, int E, int d, int f, const char* mode) {
     snprintf(what, sizeof(what), "moe_experts_backward %s: dw2 vs the fp32 CPU chain", shape);
     cmp_l2(what, g2_g, g2_c, (size_t)E * d * f, 1e-2);
     // determinism
+    // (through a fresh copy of the offsets that no forward has read: the backward copies them itself instead of
+    // reusing its forward's host copy, and must give the same bits)
+    int* doff2 = up_i32(off, E + 1);
     gpu->to_device(dg13, g13_0, (size_t)E * 2 * f * d * sizeof(float));
     gpu->to_device(dg2, g2_0, (size_t)E * d * f * sizeof(float));
-    gpu->moe_experts_backward(ddxe, dg13, dg2, ddh13, ddha, dgy, dxe, dh13, dha, dw13, dw2, doff, E, d, f);
+    gpu->moe_experts_backward(ddxe, dg13, dg2, ddh13, ddha, dgy, dxe, dh13, dha, dw13, dw2, doff2, E, d, f);
+    gpu->free(doff2);
     {
         float* a2 = down_bf16(ddxe, nx);
         float* b2 = down_f32(dg13, (size_t)E * 2 * f * d);
@@ -651,12 +655,21 @@ static void t_dispatch(void) {
     test_dispatch_gather_combine(5, 3, 7, 16);       // tiny
 }
 static void t_experts(void) {
-    test_experts(200, 6, 12, 48, 24, "grouped");  // aligned: cuBLAS grouped GEMM path
+    // modes: "grouped" = the defaults (cuBLAS grouped GEMM for the data GEMMs, the WMMA kernel for the weight
+    // gradients); "loop" = every expert GEMM, weight gradients too, by the per-expert cuBLAS loop; "dwkernel" = the
+    // weight gradients by the fp32 expert_dw_kernel
+    test_experts(200, 6, 12, 48, 24, "grouped");  // aligned: cuBLAS grouped GEMM path, WMMA dW (16-byte loads)
     test_experts(200, 6, 12, 48, 24, "loop");     // the same through the per-expert loop
-    test_experts(150, 4, 10, 36, 20, "grouped");  // d % 8 != 0: falls back to the loop
-    test_experts(128, 8, 384, 64, 32, "grouped"); // E = 384, most experts with a few rows, some empty
+    test_experts(150, 4, 10, 36, 20, "grouped");  // d % 8 != 0: data GEMMs fall back to the loop, WMMA dW scalar loads
+    test_experts(128, 8, 384, 64, 32, "grouped"); // E = 384, most experts with a few rows (< 16), some empty
     test_experts(128, 8, 384, 64, 32, "dwkernel"); // the same, weight gradients by expert_dw_kernel
     test_experts(300, 4, 9, 45, 19, "dwkernel");  // odd sizes: partial 32x32 tiles, experts with > 32 rows
+    // WMMA dW edges: uneven experts (skewed draw, one never chosen: 0 rows), several 32-row slabs with a partial
+    // last one, P = 2f = 80 and Q = d = 72 (dw13), P = 72 and Q = 40 (dw2): partial 64-wide tiles, whole warps'
+    // quarters past the edge; 16-byte loads
+    test_experts(400, 3, 7, 72, 40, "grouped");
+    // the same edges with odd P and Q (38 x 45, 45 x 19): element loads, every tile partial
+    test_experts(300, 4, 9, 45, 19, "grouped");
 }
 
 int main(void) {

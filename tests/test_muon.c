@@ -88,7 +88,7 @@ static void test_known_spectrum(int rows, int cols) {
         }
     float coeffs[24];
     int steps = newton_schulz_table("default", coeffs);
-    ops_cpu.newton_schulz(x, 1, rows, cols, coeffs, steps);
+    ops_cpu.newton_schulz(x, 1, rows, cols, coeffs, steps, 0);
     // D = P^T O Q must be diagonal with the diagonal in the band
     double dmin = 1e9, dmax = 0, off = 0, diag_sq = 0;
     for (int a = 0; a < rows; a++)
@@ -120,8 +120,8 @@ static void test_gaussian_and_batch(int batch, int rows, int cols) {
     memcpy(one, x, batch * mat * sizeof(float));
     float coeffs[24];
     int steps = newton_schulz_table("default", coeffs);
-    ops_cpu.newton_schulz(x, batch, rows, cols, coeffs, steps);
-    for (int b = 0; b < batch; b++) ops_cpu.newton_schulz(one + b * mat, 1, rows, cols, coeffs, steps);
+    ops_cpu.newton_schulz(x, batch, rows, cols, coeffs, steps, 0);
+    for (int b = 0; b < batch; b++) ops_cpu.newton_schulz(one + b * mat, 1, rows, cols, coeffs, steps, 0);
     double worst = 0, scale = 0;
     for (size_t i = 0; i < batch * mat; i++) { worst = fmax(worst, fabs(x[i] - one[i])); scale = fmax(scale, fabs(one[i])); }
     check(worst <= 1e-5 * scale, "newton-schulz batch of %d %dx%d equals one by one: worst |diff| %.2e (tol 1e-5 x max %.3f)",
@@ -143,7 +143,7 @@ static void test_gaussian_and_batch(int batch, int rows, int cols) {
     float pc[24];
     int ps = newton_schulz_table("polar", pc);
     for (size_t i = 0; i < mat; i++) x[i] = rng_normal(&rng);
-    ops_cpu.newton_schulz(x, 1, rows, cols, pc, ps);
+    ops_cpu.newton_schulz(x, 1, rows, cols, pc, ps, 0);
     singular_values(x, rows, cols, sv);
     lo = 1e9; hi = 0;
     for (int i = 0; i < n; i++) { lo = fmin(lo, sv[i]); hi = fmax(hi, sv[i]); }

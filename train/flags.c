@@ -69,6 +69,8 @@ const FlagSpec flag_specs[] = {
      "Muon momentum (Nesterov)"},
     {"--ns", F_STR, FIELD(ns), "default", 0, 0, "default|polar", 0,
      "Newton-Schulz coefficients: default (3.4445, -4.7750, 2.0315) x5 | polar (Polar Express)"},
+    {"--muon-ns", F_STR, FIELD(muon_ns), "auto", 0, 0, "auto|bf16|fp32", 0,
+     "Newton-Schulz GEMMs: bf16 operands, fp32 accumulation (auto on --device cuda) | fp32 (auto on the CPU)"},
     {"--muon-router", F_INT, FIELD(muon_router), "1", 0, 1, NULL, 0,
      "1: the router matrices use Muon, 0: AdamW"},
     {"--adamw-lr-scale", F_FLOAT, FIELD(adamw_lr_scale), "1", 0, NONE_HI, NULL, FLAG_LO_OPEN,

@@ -27,6 +27,7 @@ typedef struct {
     float weight_decay, beta1, beta2, adam_eps, grad_clip;
     float muon_momentum;
     const char* ns;           // Newton-Schulz table: default | polar
+    const char* muon_ns;      // Newton-Schulz GEMM precision: auto (bf16 on the GPU, fp32 on the CPU) | bf16 | fp32
     int muon_router;
     float adamw_lr_scale;     // --optim muon: lr multiplier of the tensors AdamW updates
     float qk_clip_tau;        // QK-Clip threshold (0 = off)

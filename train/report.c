@@ -56,9 +56,9 @@ static void banner_optimizer(const Run* r) {
             const ParamTensor* t = &r->model.layout[i];
             ns_flops += (double)t->count * t->row_blocks * newton_schulz_flops(t->rows / t->row_blocks, t->cols, opt->ns_steps);
         }
-    printf("muon: momentum %g (Nesterov), %s Newton-Schulz x%d, router %s; %.2fM parameters on Muon, %.2fM on AdamW (lr x%g); "
+    printf("muon: momentum %g (Nesterov), %s Newton-Schulz x%d (%s GEMMs), router %s; %.2fM parameters on Muon, %.2fM on AdamW (lr x%g); "
            "Newton-Schulz %.2f GFLOP per step (%.0f%% of the step's model FLOPs)\n",
-           f->muon_momentum, f->ns, opt->ns_steps, f->muon_router ? "Muon" : "AdamW", opt->muon_n / 1e6,
+           f->muon_momentum, f->ns, opt->ns_steps, opt->cfg.ns_bf16 ? "bf16" : "fp32", f->muon_router ? "Muon" : "AdamW", opt->muon_n / 1e6,
            opt->adam_n / 1e6, f->adamw_lr_scale, ns_flops / 1e9, 100.0 * ns_flops / (r->flops_per_token * r->total_batch));
 }
 

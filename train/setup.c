@@ -248,9 +248,14 @@ void setup_model(Run* r) {
     }
     r->model.balance_alpha = f->balance_alpha;
     r->model.profile = f->profile;
+    // Newton-Schulz in bf16 on the GPU (optim.cu says why that is safe); the CPU backend iterates in fp32 only
+    if (!strcmp(f->muon_ns, "bf16") && !r->on_gpu)
+        fatal("flag --muon-ns bf16 needs the CUDA backend (this run is on the CPU, which runs Newton-Schulz in fp32)");
+    const int ns_bf16 = !strcmp(f->muon_ns, "bf16") || (!strcmp(f->muon_ns, "auto") && r->on_gpu);
     OptimConfig ocfg = {.kind = !strcmp(f->optim, "muon") ? OPTIM_MUON : OPTIM_ADAMW, .b1 = f->beta1,
                         .b2 = f->beta2, .eps = f->adam_eps, .weight_decay = f->weight_decay,
-                        .mu = f->muon_momentum, .ns_table = f->ns, .muon_router = f->muon_router};
+                        .mu = f->muon_momentum, .ns_table = f->ns, .muon_router = f->muon_router,
+                        .ns_bf16 = ns_bf16};
     optimizer_init(&r->opt, &r->model, &ocfg);
     r->opt.adamw_lr_scale = f->adamw_lr_scale;
     TrainState* st = &r->st;

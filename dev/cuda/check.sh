@@ -316,12 +316,15 @@ if want nano && [ $BUILD_OK = 1 ]; then
     bench bench_nano "k2-nano B=32 T=256 (20 steps)" 90 5 "${COMMON_NANO[@]}" --steps 20 --batch-size 32 --profile
     bench bench_nano_muon "k2-nano B=32 T=256 Muon (20 steps)" 90 5 "${COMMON_NANO[@]}" --steps 20 --batch-size 32 \
         --optim muon --profile
-    # the experts' weight gradients through our one-launch kernel instead of ~2 x 384 cuBLAS calls per MoE layer
-    # (model/cuda/moe.cu): compare its row with the first; the faster becomes the default
-    export TRAIN_MOE_EXPERT_DW=kernel
-    bench bench_nano_dwk "k2-nano B=32 T=256, TRAIN_MOE_EXPERT_DW=kernel" 90 5 "${COMMON_NANO[@]}" --steps 20 \
+    # the experts' weight gradients: the default WMMA kernel (first row) against the ~2 x 384 per-expert cuBLAS
+    # calls per MoE layer it replaced (model/cuda/moe.cu); expert_gemms_bwd in --profile shows the difference
+    export TRAIN_MOE_EXPERT_DW=loop
+    bench bench_nano_dwl "k2-nano B=32 T=256, TRAIN_MOE_EXPERT_DW=loop" 90 5 "${COMMON_NANO[@]}" --steps 20 \
         --batch-size 32 --profile
     unset TRAIN_MOE_EXPERT_DW
+    # Newton-Schulz in fp32 against the default bf16 (the Muon row above): newton_schulz in --profile
+    bench bench_nano_nsf "k2-nano B=32 T=256 Muon, --muon-ns fp32" 90 5 "${COMMON_NANO[@]}" --steps 20 \
+        --batch-size 32 --optim muon --muon-ns fp32 --profile
 fi
 if want small && [ $BUILD_OK = 1 ]; then
     # 2.52B parameters: the host draws the initial weights single-threaded (~1-2 minutes) before the first step;

@@ -88,7 +88,8 @@ static void newton_schulz_one(float* x, int rows, int cols, const float* coeffs,
     }
 }
 
-void cpu_newton_schulz(float* x, int batch, int rows, int cols, const float* coeffs, int steps) {
+void cpu_newton_schulz(float* x, int batch, int rows, int cols, const float* coeffs, int steps, int bf16_gemms) {
+    (void)bf16_gemms;  // the CPU iterates in fp32 always (ops_list.h)
     int n = rows < cols ? rows : cols, m = rows < cols ? cols : rows;
     size_t work_n = 2 * (size_t)n * m + 2 * (size_t)n * n;
     size_t mat = (size_t)rows * cols;

@@ -18,17 +18,29 @@
 // choices 32 at a time in (row, k) order (__match_any_sync ranks equal experts by lane) -- the CPU's plan exactly.
 // Gather / gather backward / combine forward / combine backward: elementwise kernels, fp32 accumulation in the CPU's
 // k order, one bf16 rounding per output; dgates by a warp dot product (fp32, fixed butterfly).
-// Experts: the offsets are copied to the host ONCE per call (one stream synchronisation), then
+// Experts: cuBLAS's grouped GEMM takes the per-expert sizes on the host, so the forward copies the offsets to the
+// host (one stream synchronisation per MoE layer) and the backward of the same layer reuses that copy (no
+// synchronisation; a device check of the offsets against the forward's snapshot, offsets_to_host says how). Then
 //   - the bf16-output GEMMs (h13, ye forward; dhact, dxe backward) go to cublasGemmGroupedBatchedEx (one call per
 //     GEMM over all non-empty experts; pointer arrays on the device), falling back to a per-expert cublasGemmEx
 //     loop if grouped GEMM is refused or the pointers are not aligned as it requires;
-//   - the weight-gradient GEMMs (dw13, dw2 +=, fp32 output) are a per-expert cublasGemmEx loop (cuBLAS's grouped
-//     GEMM has no bf16-input / fp32-output combination): ~2 x 384 calls per MoE layer, launch-bound at small
-//     batches. TRAIN_MOE_EXPERT_DW=kernel uses our one-launch grouped kernel instead (expert_dw_kernel: fp32 CUDA
-//     cores, 32x32 output tiles, rows summed in order); which is faster depends on the sizes and is for
-//     dev/cuda/check.sh to measure before it becomes the default.
-//   TRAIN_MOE_EXPERT_GEMM=loop forces the per-expert loop for every expert GEMM.
+//   - the weight-gradient GEMMs (dw13, dw2 +=, fp32 output; cuBLAS's grouped GEMM has no bf16-input / fp32-output
+//     form) are one launch each over all experts on tensor cores (expert_dw_wmma_kernel: WMMA bf16 16x16x16, fp32
+//     accumulate, offsets read on the device). TRAIN_MOE_EXPERT_DW=kernel uses the fp32 CUDA-core kernel
+//     (expert_dw_kernel), TRAIN_MOE_EXPERT_DW=loop the per-expert cublasGemmEx loop (~2 x 384 calls per layer).
+//   TRAIN_MOE_EXPERT_GEMM=loop forces the per-expert loop for every expert GEMM, weight gradients included.
 //   SwiGLU (forward and backward) runs once over all routed rows, by dense.cu's kernels (cuda_swiglu_*).
+// Host synchronisations inside a layer's forward / backward (single rank):
+//   - forward: one, offsets_to_host (the grouped GEMMs' sizes). It stays: removing it needs grouped GEMMs that read
+//     the sizes on the device -- our own kernels for the four data GEMMs in place of cuBLAS's tuned ones, a trade
+//     to measure on a GPU first;
+//   - backward: none (the forward's host offsets; the weight gradients read the offsets on the device);
+//   - only when a buffer grows (the first step, or a larger batch): cuda_scratch, the pointer-array pool and the
+//     offsets mirrors (allocation waits for queued work that may use the old buffer);
+//   - with --ep > 1, model/experts.c's ep_plan reads the offsets (to_host) and exchanges the counts between the
+//     ranks once per layer forward (the all-to-all sizes are needed on the host by MPI / NCCL), and the row
+//     exchanges synchronise when they are staged through the host (no NCCL).
+//   --profile adds one per profiled region (model_prof), by design.
 // Every GEMM here is row-major, through gemm_bf16 (cuda_common.cuh) or, for the experts' grouped GEMMs, gemm_many
 // with the same convention.
 // Determinism: every kernel here is deterministic (no float atomics; integer atomics only for counts); cuBLAS GEMMs
@@ -36,6 +48,9 @@
 #include "cuda_common.cuh"
 
 #include <limits.h>
+#include <mma.h>
+
+using namespace nvcuda;
 
 // ----------------------------------------------------------------------------
 // the experts' GEMMs: many row-major GEMMs (gemm_bf16's convention, cuda_common.cuh), grouped when cuBLAS can
@@ -61,28 +76,37 @@ static int expert_gemm_loop_forced(void) {
     return v && strcmp(v, "loop") == 0;
 }
 
-static int expert_dw_kernel_chosen(void) {
-    const char* v = getenv("TRAIN_MOE_EXPERT_DW");
-    return v && strcmp(v, "kernel") == 0;
-}
-
 static int grouped_gemm_ok = 1;  // cleared (with one note on stderr) the first time cuBLAS refuses grouped GEMM
 
-// pointer arrays for the grouped GEMMs: pinned host staging and its device copy, one slot per GEMM of a call.
-// Reuse is safe: every expert op synchronises the stream (the offsets copy) before it writes the staging again.
-#define MOE_GEMM_SLOTS 4
+// Pointer arrays for the grouped GEMMs: pinned host staging and its device copy, a bump allocator. A region is
+// written on the host, copied to the device asynchronously and read by the GEMM later in stream order; it is not
+// handed out again until this file has synchronised the stream (offsets_to_host calls moe_ptr_reset), when every
+// earlier copy is complete. The backward does not synchronise, so all the layers' backward calls between two
+// forwards take fresh regions: the pool grows (one stream synchronisation) until it holds a whole backward pass.
 static void** moe_ptr_host = NULL;
 static void** moe_ptr_dev = NULL;
-static size_t moe_ptr_cap = 0;  // pointers per slot
+static size_t moe_ptr_cap = 0;   // pointers in the pool
+static size_t moe_ptr_used = 0;  // pointers handed out since the last synchronisation
 
-static void moe_ptr_reserve(size_t per_slot) {
-    if (per_slot <= moe_ptr_cap) return;
-    cudaCheck(cudaStreamSynchronize(cuda_stream));
-    if (moe_ptr_host) cudaCheck(cudaFreeHost(moe_ptr_host));
-    if (moe_ptr_dev) cudaCheck(cudaFree(moe_ptr_dev));
-    cudaCheck(cudaMallocHost((void**)&moe_ptr_host, MOE_GEMM_SLOTS * per_slot * sizeof(void*)));
-    cudaCheck(cudaMalloc((void**)&moe_ptr_dev, MOE_GEMM_SLOTS * per_slot * sizeof(void*)));
-    moe_ptr_cap = per_slot;
+static void moe_ptr_reset(void) { moe_ptr_used = 0; }
+
+// n pointers of host staging (returned) and their device twin (*dev)
+static void** moe_ptr_take(size_t n, void*** dev) {
+    if (moe_ptr_used + n > moe_ptr_cap) {
+        cudaCheck(cudaStreamSynchronize(cuda_stream));  // every copy out of the old pool is done
+        size_t want = moe_ptr_used + n;
+        if (want < 2 * moe_ptr_cap) want = 2 * moe_ptr_cap;
+        if (moe_ptr_host) cudaCheck(cudaFreeHost(moe_ptr_host));
+        if (moe_ptr_dev) cudaCheck(cudaFree(moe_ptr_dev));
+        cudaCheck(cudaMallocHost((void**)&moe_ptr_host, want * sizeof(void*)));
+        cudaCheck(cudaMalloc((void**)&moe_ptr_dev, want * sizeof(void*)));
+        moe_ptr_cap = want;
+        moe_ptr_used = 0;
+    }
+    void** h = moe_ptr_host + moe_ptr_used;
+    *dev = moe_ptr_dev + moe_ptr_used;
+    moe_ptr_used += n;
+    return h;
 }
 
 // cuBLAS reads the grouped GEMM's matrices through device pointer arrays, so it cannot pick kernels by their
@@ -91,7 +115,7 @@ static void moe_ptr_reserve(size_t per_slot) {
 static int grouped_aligned(const void* p, int ld) { return ((uintptr_t)p & 15) == 0 && ld % 8 == 0; }
 
 // Runs count GEMMs (bf16 A and B; C of type Ct), grouped when possible (Ct bf16 only), else one cublasGemmEx each.
-static void gemm_many(const GemmProb* g, int count, float beta, cudaDataType_t Ct, int slot) {
+static void gemm_many(const GemmProb* g, int count, float beta, cudaDataType_t Ct) {
     if (count <= 0) return;
     int grouped = Ct == CUDA_R_16BF && grouped_gemm_ok && !expert_gemm_loop_forced();
     for (int i = 0; grouped && i < count; i++)
@@ -99,9 +123,8 @@ static void gemm_many(const GemmProb* g, int count, float beta, cudaDataType_t C
             !grouped_aligned(g[i].C, g[i].ldc) || g[i].K <= 0)
             grouped = 0;
     if (grouped) {
-        moe_ptr_reserve((size_t)3 * count);
-        void** hp = moe_ptr_host + (size_t)slot * moe_ptr_cap;
-        void** dp = moe_ptr_dev + (size_t)slot * moe_ptr_cap;
+        void** dp;
+        void** hp = moe_ptr_take((size_t)3 * count, &dp);
         cublasOperation_t* opa = (cublasOperation_t*)xmalloc((size_t)count * 2 * sizeof(cublasOperation_t));
         cublasOperation_t* opb = opa + count;
         int* dims = (int*)xmalloc((size_t)count * 7 * sizeof(int));
@@ -601,31 +624,87 @@ extern "C" void cuda_moe_combine_backward(void* dye, float* dgates, const void* 
 // ----------------------------------------------------------------------------
 // experts
 
-// the expert offsets on the host: one copy and one synchronisation per call
-static int* moe_offsets_host = NULL;
-static int moe_offsets_cap = 0;
+// The expert offsets on the host, which cuBLAS's grouped GEMM needs for its per-expert sizes. The forward copies
+// them (one stream synchronisation per MoE layer) into a pinned buffer kept per device offsets buffer (one per
+// layer), with a device snapshot beside it; the next backward on the same buffer (the same layer: the model runs
+// each layer's backward once after its forward) reuses that host copy without synchronising, once, and a kernel
+// compares the device offsets with the snapshot: a difference (offsets changed between a forward and its
+// backward -- the model never does this) sets a flag that the next forward's synchronisation finds, and the run
+// stops there with an error. A backward with no forward on its buffer since the last backward (a buffer freed and
+// allocated again, an op called alone) copies the offsets itself (one synchronisation).
+typedef struct {
+    const int* dev;  // the device offsets this entry mirrors
+    int E;
+    int* host;       // pinned (E + 1)
+    int* snap;       // device (E + 1): the offsets as the forward read them
+    int armed;       // 1: read by a forward, not yet used by a backward
+} OffsetsMirror;
 
-static const int* offsets_to_host(const int* offsets, int E) {
-    if (moe_offsets_cap < E + 1) {
+static OffsetsMirror* moe_mirrors = NULL;
+static int moe_mirrors_n = 0;
+static int* moe_stale_dev = NULL;   // set to 1 by offsets_check_kernel on a mismatch
+static int* moe_stale_host = NULL;  // pinned
+
+static OffsetsMirror* mirror_find(const int* offsets, int E) {
+    for (int i = 0; i < moe_mirrors_n; i++)
+        if (moe_mirrors[i].dev == offsets && moe_mirrors[i].E == E) return &moe_mirrors[i];
+    return NULL;
+}
+
+__global__ void offsets_check_kernel(int* stale, const int* __restrict__ offsets, const int* __restrict__ snap, int n) {
+    GRID_STRIDE_LOOP(i, n)
+        if (offsets[i] != snap[i]) *stale = 1;  // every writer writes 1: the order does not matter
+}
+
+// copies the offsets to the host and synchronises; returns the host copy (valid until the next call for them).
+// arm: 1 from the forward (the next backward on these offsets may reuse the copy), 0 from a backward
+static const int* offsets_to_host(const int* offsets, int E, int arm) {
+    OffsetsMirror* m = mirror_find(offsets, E);
+    if (!m) {
         cudaCheck(cudaStreamSynchronize(cuda_stream));
-        if (moe_offsets_host) cudaCheck(cudaFreeHost(moe_offsets_host));
-        cudaCheck(cudaMallocHost((void**)&moe_offsets_host, (size_t)(E + 1) * sizeof(int)));
-        moe_offsets_cap = E + 1;
+        if (!moe_stale_dev) {
+            cudaCheck(cudaMalloc((void**)&moe_stale_dev, sizeof(int)));
+            cudaCheck(cudaMemsetAsync(moe_stale_dev, 0, sizeof(int), cuda_stream));
+            cudaCheck(cudaMallocHost((void**)&moe_stale_host, sizeof(int)));
+        }
+        moe_mirrors = (OffsetsMirror*)realloc(moe_mirrors, (size_t)(moe_mirrors_n + 1) * sizeof(OffsetsMirror));
+        if (!moe_mirrors) fatal("moe experts: out of host memory");
+        m = &moe_mirrors[moe_mirrors_n++];
+        m->dev = offsets;
+        m->E = E;
+        cudaCheck(cudaMallocHost((void**)&m->host, (size_t)(E + 1) * sizeof(int)));
+        cudaCheck(cudaMalloc((void**)&m->snap, (size_t)(E + 1) * sizeof(int)));
     }
-    cudaCheck(cudaMemcpyAsync(moe_offsets_host, offsets, (size_t)(E + 1) * sizeof(int), cudaMemcpyDeviceToHost,
+    m->armed = arm;
+    cudaCheck(cudaMemcpyAsync(m->host, offsets, (size_t)(E + 1) * sizeof(int), cudaMemcpyDeviceToHost, cuda_stream));
+    cudaCheck(cudaMemcpyAsync(m->snap, offsets, (size_t)(E + 1) * sizeof(int), cudaMemcpyDeviceToDevice,
                               cuda_stream));
+    cudaCheck(cudaMemcpyAsync(moe_stale_host, moe_stale_dev, sizeof(int), cudaMemcpyDeviceToHost, cuda_stream));
     cudaCheck(cudaStreamSynchronize(cuda_stream));
-    const int* o = moe_offsets_host;
+    moe_ptr_reset();  // every earlier copy out of the pointer staging is complete
+    if (*moe_stale_host)
+        fatal("moe experts: a backward ran on expert offsets that changed after its layer's forward read them");
+    const int* o = m->host;
     if (o[0] < 0) fatal("moe experts: offsets[0] = %d", o[0]);
     for (int e = 0; e < E; e++)
         if (o[e + 1] < o[e]) fatal("moe experts: offsets not monotone at expert %d (%d > %d)", e, o[e], o[e + 1]);
     return o;
 }
 
+// the backward's host offsets: its forward's copy (checked on the device, no synchronisation), else a fresh one
+static const int* offsets_for_backward(const int* offsets, int E) {
+    OffsetsMirror* m = mirror_find(offsets, E);
+    if (!m || !m->armed) return offsets_to_host(offsets, E, 0);
+    m->armed = 0;
+    offsets_check_kernel<<<1, 256, 0, cuda_stream>>>(moe_stale_dev, offsets, m->snap, E + 1);
+    cudaCheckLaunch();
+    return m->host;
+}
+
 extern "C" void cuda_moe_experts_forward(void* ye, void* h13, void* hact, const void* xe, const void* w13,
                                          const void* w2, const int* offsets, int E, int d, int f) {
     if (E <= 0) return;
-    const int* off = offsets_to_host(offsets, E);
+    const int* off = offsets_to_host(offsets, E, 1);
     const bf16 *X = (const bf16*)xe, *W13 = (const bf16*)w13, *W2 = (const bf16*)w2;
     bf16 *H13 = (bf16*)h13, *HA = (bf16*)hact, *Y = (bf16*)ye;
     GemmProb* g1 = (GemmProb*)xmalloc((size_t)E * sizeof(GemmProb));
@@ -641,9 +720,9 @@ extern "C" void cuda_moe_experts_forward(void* ye, void* h13, void* hact, const 
         cnt++;
     }
     const size_t r0 = (size_t)off[0], rows = (size_t)(off[E] - off[0]);
-    gemm_many(g1, cnt, 0.0f, CUDA_R_16BF, 0);
+    gemm_many(g1, cnt, 0.0f, CUDA_R_16BF);
     cuda_swiglu_forward(HA + r0 * f, H13 + r0 * 2 * f, (int)rows, f);
-    gemm_many(g2, cnt, 0.0f, CUDA_R_16BF, 1);
+    gemm_many(g2, cnt, 0.0f, CUDA_R_16BF);
     free(g1);
     free(g2);
 }
@@ -683,10 +762,115 @@ __global__ void expert_dw_kernel(float* __restrict__ out, const bf16* __restrict
     }
 }
 
-static void expert_dw(float* out, const bf16* A, const bf16* B, const int* offsets, int E, int P, int Q) {
+// The same product on tensor cores (the default): out[e] (P,Q) fp32 += A_e^T B_e with bf16 inputs, fp32 accumulate.
+// Block (x, y, e) owns a DWW_TILE x DWW_TILE tile of out[e]; its 4 warps own 32x32 quarters (2x2 wmma 16x16
+// accumulators each). The expert's rows go through shared memory DWW_ROWS at a time, as they lie in memory: a slab
+// of A_e (rows, P cols) read column-major is A_e^T (the matrix_a operand), a slab of B_e row-major is matrix_b.
+// Rows past the expert's last row and columns past P / Q are staged as zeros, so partial tiles need no special
+// case in the products; the accumulators then go through shared memory and each in-range element is added to out
+// once. Deterministic: each output element is summed by one warp over the rows in a fixed order, and written once.
+// Experts with no rows return at once (their gradient is unchanged). The offsets are read on the device: this path
+// needs nothing from the host.
+#define DWW_TILE 64
+#define DWW_ROWS 32
+#define DWW_LD (DWW_TILE + 8)   // bf16 row stride of the slabs: a multiple of 16 bytes (wmma's ldm rule)
+#define DWW_CLD (DWW_TILE + 4)  // fp32 row stride of the accumulator staging (likewise)
+#define DWW_THREADS 128
+
+// VEC: P and Q multiples of 8 and A, B 16-byte aligned, so the slabs load 8 bf16 (16 bytes) at a time
+template <bool VEC>
+__global__ void __launch_bounds__(DWW_THREADS)
+    expert_dw_wmma_kernel(float* __restrict__ out, const bf16* __restrict__ A, const bf16* __restrict__ B,
+                          const int* __restrict__ offsets, int P, int Q) {
+    const int e = blockIdx.z;
+    const int r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n <= 0) return;  // uniform over the block
+    __align__(32) __shared__ bf16 As[DWW_ROWS][DWW_LD];     // rows x P-columns of A_e
+    __align__(32) __shared__ bf16 Bs[DWW_ROWS][DWW_LD];     // rows x Q-columns of B_e
+    __align__(32) __shared__ float Cs[DWW_TILE][DWW_CLD];   // the block's sums, for the bounded += at the end
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wp = (warp >> 1) * 32, wq = (warp & 1) * 32;  // the warp's quarter of the tile
+    const int p0 = blockIdx.y * DWW_TILE, q0 = blockIdx.x * DWW_TILE;
+    // a quarter wholly past P or Q has nothing to compute (warp-uniform, so the warp collectives stay whole)
+    const bool live = p0 + wp < P && q0 + wq < Q;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int r = 0; r < n; r += DWW_ROWS) {
+        if (VEC) {
+            const int4 zero = {0, 0, 0, 0};
+            for (int u = tid; u < DWW_ROWS * DWW_TILE / 8; u += DWW_THREADS) {
+                const int i = u / (DWW_TILE / 8), c = (u % (DWW_TILE / 8)) * 8;
+                int4 va = zero, vb = zero;
+                if (r + i < n) {
+                    const size_t g = (size_t)r0 + r + i;
+                    if (p0 + c < P) va = *reinterpret_cast<const int4*>(A + g * P + p0 + c);
+                    if (q0 + c < Q) vb = *reinterpret_cast<const int4*>(B + g * Q + q0 + c);
+                }
+                *reinterpret_cast<int4*>(&As[i][c]) = va;
+                *reinterpret_cast<int4*>(&Bs[i][c]) = vb;
+            }
+        } else {
+            for (int u = tid; u < DWW_ROWS * DWW_TILE; u += DWW_THREADS) {
+                const int i = u / DWW_TILE, c = u % DWW_TILE;
+                const bool row_ok = r + i < n;
+                const size_t g = (size_t)r0 + r + i;
+                As[i][c] = row_ok && p0 + c < P ? A[g * P + p0 + c] : f2bf(0.0f);
+                Bs[i][c] = row_ok && q0 + c < Q ? B[g * Q + q0 + c] : f2bf(0.0f);
+            }
+        }
+        __syncthreads();
+        // k steps of 16 rows; a step wholly past the expert's rows adds only zeros and is skipped (block-uniform)
+        for (int k = 0; k < DWW_ROWS && live && r + k < n; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b[2];
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(a[i], &As[k][wp + 16 * i], DWW_LD);
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(b[j], &Bs[k][wq + 16 * j], DWW_LD);
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();  // the slabs are read before the next ones overwrite them
+    }
+    if (live)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++)
+                wmma::store_matrix_sync(&Cs[wp + 16 * i][wq + 16 * j], acc[i][j], DWW_CLD, wmma::mem_row_major);
+    __syncthreads();
+    float* o = out + (size_t)e * P * Q;
+    for (int u = tid; u < DWW_TILE * DWW_TILE; u += DWW_THREADS) {
+        const int i = u / DWW_TILE, j = u % DWW_TILE;
+        const int pp = p0 + i, qq = q0 + j;
+        // an element in range lies in a live quarter, so Cs holds its sum
+        if (pp < P && qq < Q) o[(size_t)pp * Q + qq] += Cs[i][j];
+    }
+}
+
+// the weight-gradient paths: WMMA (default), the fp32 kernel, or the per-expert cuBLAS loop
+typedef enum { EXPERT_DW_WMMA, EXPERT_DW_FP32, EXPERT_DW_LOOP } ExpertDwPath;
+
+static ExpertDwPath expert_dw_path(void) {
+    if (expert_gemm_loop_forced()) return EXPERT_DW_LOOP;
+    const char* v = getenv("TRAIN_MOE_EXPERT_DW");
+    if (!v || !*v || !strcmp(v, "wmma")) return EXPERT_DW_WMMA;
+    if (!strcmp(v, "kernel")) return EXPERT_DW_FP32;
+    if (!strcmp(v, "loop")) return EXPERT_DW_LOOP;
+    fatal("TRAIN_MOE_EXPERT_DW=%s: expected wmma, kernel or loop", v);
+    return EXPERT_DW_WMMA;
+}
+
+static void expert_dw(float* out, const bf16* A, const bf16* B, const int* offsets, int E, int P, int Q,
+                      ExpertDwPath path) {
     if (E > 65535) fatal("moe experts: %d experts exceed the grid's z limit", E);
-    dim3 grid(ceil_div_u(Q, DW_TILE), ceil_div_u(P, DW_TILE), (unsigned)E);
-    expert_dw_kernel<<<grid, 256, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    if (path == EXPERT_DW_FP32) {
+        dim3 grid(ceil_div_u(Q, DW_TILE), ceil_div_u(P, DW_TILE), (unsigned)E);
+        expert_dw_kernel<<<grid, 256, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    } else {
+        dim3 grid(ceil_div_u(Q, DWW_TILE), ceil_div_u(P, DWW_TILE), (unsigned)E);
+        if (P % 8 == 0 && Q % 8 == 0 && aligned16(A) && aligned16(B))
+            expert_dw_wmma_kernel<true><<<grid, DWW_THREADS, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+        else
+            expert_dw_wmma_kernel<false><<<grid, DWW_THREADS, 0, cuda_stream>>>(out, A, B, offsets, P, Q);
+    }
     cudaCheckLaunch();
 }
 
@@ -694,7 +878,7 @@ extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, vo
                                           const void* xe, const void* h13, const void* hact, const void* w13,
                                           const void* w2, const int* offsets, int E, int d, int f) {
     if (E <= 0) return;
-    const int* off = offsets_to_host(offsets, E);
+    const int* off = offsets_for_backward(offsets, E);
     const bf16 *dY = (const bf16*)dye, *X = (const bf16*)xe, *H13 = (const bf16*)h13, *HA = (const bf16*)hact;
     const bf16 *W13 = (const bf16*)w13, *W2 = (const bf16*)w2;
     bf16 *dX = (bf16*)dxe, *dH13 = (bf16*)dh13, *dH = (bf16*)dhact;
@@ -716,15 +900,15 @@ extern "C" void cuda_moe_experts_backward(void* dxe, float* dw13, float* dw2, vo
         cnt++;
     }
     const size_t r0 = (size_t)off[0], rows = (size_t)(off[E] - off[0]);
-    gemm_many(g_dh, cnt, 0.0f, CUDA_R_16BF, 0);
-    const int dw_kernel = expert_dw_kernel_chosen();
+    gemm_many(g_dh, cnt, 0.0f, CUDA_R_16BF);
+    const ExpertDwPath dw_path = expert_dw_path();
     // dW2[e] (d,f) += dY_e^T hact_e
-    if (dw_kernel) expert_dw(dw2, dY, HA, offsets, E, d, f);
-    else gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F, 1);  // per-expert loop (no grouped bf16 -> fp32)
+    if (dw_path != EXPERT_DW_LOOP) expert_dw(dw2, dY, HA, offsets, E, d, f, dw_path);
+    else gemm_many(g_dw2, cnt, 1.0f, CUDA_R_32F);  // per-expert loop (no grouped bf16 -> fp32)
     cuda_swiglu_backward(dH13 + r0 * 2 * f, dH + r0 * f, H13 + r0 * 2 * f, (int)rows, f);
-    gemm_many(g_dx, cnt, 0.0f, CUDA_R_16BF, 2);
+    gemm_many(g_dx, cnt, 0.0f, CUDA_R_16BF);
     // dW13[e] (2f,d) += dH13_e^T xe_e
-    if (dw_kernel) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d);
-    else gemm_many(g_dw13, cnt, 1.0f, CUDA_R_32F, 3);
+    if (dw_path != EXPERT_DW_LOOP) expert_dw(dw13, dH13, X, offsets, E, 2 * f, d, dw_path);
+    else gemm_many(g_dw13, cnt, 1.0f, CUDA_R_32F);
     free(g);
 }

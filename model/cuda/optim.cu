@@ -2,8 +2,19 @@
 // Newton-Schulz and update, and QK-Clip's row scaling. The CPU twins are in model/cpu/optim.c.
 //
 // Precision: everything is fp32 (master weights, gradients, moments); the sums of squares are accumulated in double
-// (each fp32 square is exact in double). Newton-Schulz runs in true fp32 (cublasSgemmStridedBatched, default math
-// mode: no TF32), the Frobenius norm in double, as on the CPU.
+// (each fp32 square is exact in double). Newton-Schulz (the Frobenius norm in double, as on the CPU) runs either
+//   - in bf16 (the default on the device, --muon-ns bf16): the iterate X and the products A = X X^T, B = b A + c A A
+//     in bf16, the three GEMMs of an iteration on tensor cores with fp32 accumulation (cublasGemmStridedBatchedEx;
+//     the b A and a X terms as the GEMMs' beta terms, so each result is rounded once), the last X' in fp32; or
+//   - in true fp32 (--muon-ns fp32: cublasSgemmStridedBatched, default math mode: no TF32), as on the CPU.
+// Why bf16 is safe here: the iteration is a contraction toward the orthogonal polar factor U V^T of X -- each step
+// maps every singular value in (0, 1] into a band around 1 whatever small error the previous step left, so bf16
+// rounding (2^-9 relative) only moves each step's input slightly, and the next steps pull it back toward the
+// band. Muon only needs an approximate polar factor (the default coefficients already leave singular values
+// anywhere in about [0.7, 1.2]), which is why Keller Jordan's Muon and Moonlight (Muon at scale) run Newton-Schulz
+// in bf16. On random matrices of the expert shapes the result lies 1-2e-2 (relative L2) from the fp32
+// iteration's, its singular values in the same band (dev/cuda/ns_bf16_error.py; tests/test_cuda.c checks it
+// against the CPU).
 //
 // Deterministic: every op. The sums of squares use a fixed grid (SUM_BLOCKS blocks of SUM_THREADS, whatever the
 // GPU) with fixed-tree block reductions, then one block sums the block partials in a fixed tree: the bits depend
@@ -142,8 +153,7 @@ static CudaScratch ns_work;
 // cuBLAS sees the row-major buffers as their transposes (column-major): X's buffer is Xc = X^T (m, n), A's and B's
 // are A^T and B^T. So: A^T = Xc^T Xc (= X X^T); B^T = c A^T A^T + b A^T (= (c A A + b A)^T); and
 // Y^T = Xc B^T + a Xc (= (B X + a X)^T), each a strided batch over the chunk's matrices.
-void cuda_newton_schulz(float* x, int batch, int rows, int cols, const float* coeffs, int steps) {
-    if (batch <= 0 || rows <= 0 || cols <= 0) return;
+static void newton_schulz_fp32(float* x, int batch, int rows, int cols, const float* coeffs, int steps) {
     int tr = rows > cols;
     int n = tr ? cols : rows, m = tr ? rows : cols;
     size_t nm = (size_t)n * m, nn = (size_t)n * n;
@@ -189,6 +199,109 @@ void cuda_newton_schulz(float* x, int batch, int rows, int cols, const float* co
         ns_store_kernel<<<grid_for((size_t)cnt * nm, 256), 256, 0, cuda_stream>>>(xb, X, cnt, rows, cols, tr);
         cudaCheckLaunch();
     }
+}
+
+// X (cnt, n, m) bf16 = x (cnt, rows, cols) * inv, transposed for tall matrices (ns_load_kernel's bf16 twin)
+__global__ void ns_load_bf16_kernel(bf16* X, const float* x, const float* inv, int cnt, int rows, int cols, int tr) {
+    size_t nm = (size_t)rows * cols;
+    GRID_STRIDE_LOOP(i, (size_t)cnt * nm) {
+        size_t b = i / nm, r = i % nm;
+        bf16 v = f2bf(x[i] * inv[b]);
+        if (tr) {
+            size_t row = r / cols, col = r % cols;
+            X[b * nm + col * rows + row] = v;
+        } else {
+            X[i] = v;
+        }
+    }
+}
+
+__global__ void ns_widen_kernel(float* out, const bf16* in, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = bf2f(in[i]);
+}
+
+static CudaScratch ns_work_h;
+
+// bf16-operand GEMM of the Newton-Schulz batch, column-major as cuBLAS: C = alpha op(A) B + beta C (C bf16 or fp32:
+// fp32 accumulation, beta C added in fp32, one rounding into C's type), a strided batch of cnt
+static void ns_gemm_bf16(cublasOperation_t ta, int m, int n, int k, float alpha, const bf16* A, int lda,
+                         long long sa, const bf16* B, int ldb, long long sb, float beta, void* C, cudaDataType_t Ct,
+                         int ldc, long long sc, int cnt) {
+    cublasCheck(cublasGemmStridedBatchedEx(cuda_cublas, ta, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B,
+                                           CUDA_R_16BF, ldb, sb, &beta, C, Ct, ldc, sc, cnt, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT));
+}
+
+// The same iteration as newton_schulz_fp32 (and the same column-major reading of the buffers) on a bf16 iterate:
+// per step A = X X^T; B = b A + c A A (b A as the GEMM's beta term); X' = a X + B X (a X likewise), each GEMM's
+// result rounded once to bf16 -- except the last X', which comes out in fp32. Every step is then the exact
+// polynomial of the bf16 matrix it starts from, up to the roundings of A, B and X'. (Keeping an fp32 X beside
+// the bf16 operands and adding a X in fp32 was tried first: it mixes two different matrices in one step and lands
+// 1.2-3x further from the fp32 iteration -- dev/cuda/ns_bf16_error.py.)
+static void newton_schulz_bf16(float* x, int batch, int rows, int cols, const float* coeffs, int steps) {
+    int tr = rows > cols;
+    int n = tr ? cols : rows, m = tr ? rows : cols;
+    size_t nm = (size_t)n * m, nn = (size_t)n * n;
+    // fp32: the last X', inv; bf16: X, Y, A, B -- at most ~1 GiB, the matrices in chunks
+    size_t per = (nm + 1) * sizeof(float) + (2 * nm + 2 * nn) * sizeof(bf16);
+    size_t budget = (size_t)1 << 30;
+    int chunk = (int)(budget / per);
+    if (chunk < 1) chunk = 1;
+    if (chunk > batch) chunk = batch;
+    float* work = (float*)cuda_scratch(&ns_work, (size_t)chunk * (nm + 1) * sizeof(float));
+    float* Yf = work;
+    float* inv = Yf + (size_t)chunk * nm;
+    // the bf16 operands in their own buffer; every matrix starts 16-byte aligned when n m and n n are multiples of 8
+    // (what cuBLAS's tensor-core kernels prefer; other sizes are correct, only slower)
+    bf16* Xa = (bf16*)cuda_scratch(&ns_work_h, (size_t)chunk * (2 * nm + 2 * nn) * sizeof(bf16));
+    bf16* Xb = Xa + (size_t)chunk * nm;
+    bf16* A = Xb + (size_t)chunk * nm;
+    bf16* Bm = A + (size_t)chunk * nn;
+    for (int b0 = 0; b0 < batch; b0 += chunk) {
+        int cnt = batch - b0 < chunk ? batch - b0 : chunk;
+        float* xb = x + (size_t)b0 * nm;
+        ns_inv_norm_kernel<<<cnt, 256, 0, cuda_stream>>>(inv, xb, nm);
+        cudaCheckLaunch();
+        ns_load_bf16_kernel<<<grid_for((size_t)cnt * nm, 256), 256, 0, cuda_stream>>>(Xa, xb, inv, cnt, rows, cols,
+                                                                                       tr);
+        cudaCheckLaunch();
+        bf16* X = Xa;
+        bf16* Y = Xb;
+        for (int s = 0; s < steps; s++) {
+            float ca = coeffs[3 * s], cb = coeffs[3 * s + 1], cc = coeffs[3 * s + 2];
+            const int last = s == steps - 1;
+            // A = X X^T
+            ns_gemm_bf16(CUBLAS_OP_T, n, n, m, 1.0f, X, m, nm, X, m, nm, 0.0f, A, CUDA_R_16BF, n, nn, cnt);
+            // B = b A + c A A
+            cudaCheck(cudaMemcpyAsync(Bm, A, (size_t)cnt * nn * sizeof(bf16), cudaMemcpyDeviceToDevice, cuda_stream));
+            ns_gemm_bf16(CUBLAS_OP_N, n, n, n, cc, A, n, nn, A, n, nn, cb, Bm, CUDA_R_16BF, n, nn, cnt);
+            // Y = a X + B X: bf16, or fp32 for the result
+            if (last) {
+                ns_widen_kernel<<<grid_for((size_t)cnt * nm, 256), 256, 0, cuda_stream>>>(Yf, X, (size_t)cnt * nm);
+                cudaCheckLaunch();
+                ns_gemm_bf16(CUBLAS_OP_N, m, n, n, 1.0f, X, m, nm, Bm, n, nn, ca, Yf, CUDA_R_32F, m, nm, cnt);
+            } else {
+                cudaCheck(cudaMemcpyAsync(Y, X, (size_t)cnt * nm * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                          cuda_stream));
+                ns_gemm_bf16(CUBLAS_OP_N, m, n, n, 1.0f, X, m, nm, Bm, n, nn, ca, Y, CUDA_R_16BF, m, nm, cnt);
+                bf16* t = X;
+                X = Y;
+                Y = t;
+            }
+        }
+        if (steps <= 0) {  // no iteration: the normalised input itself
+            ns_widen_kernel<<<grid_for((size_t)cnt * nm, 256), 256, 0, cuda_stream>>>(Yf, X, (size_t)cnt * nm);
+            cudaCheckLaunch();
+        }
+        ns_store_kernel<<<grid_for((size_t)cnt * nm, 256), 256, 0, cuda_stream>>>(xb, Yf, cnt, rows, cols, tr);
+        cudaCheckLaunch();
+    }
+}
+
+void cuda_newton_schulz(float* x, int batch, int rows, int cols, const float* coeffs, int steps, int bf16_gemms) {
+    if (batch <= 0 || rows <= 0 || cols <= 0) return;
+    if (bf16_gemms) newton_schulz_bf16(x, batch, rows, cols, coeffs, steps);
+    else newton_schulz_fp32(x, batch, rows, cols, coeffs, steps);
 }
 
 // p = (1 - lr wd) p - lr u with u = scale o; the sum of u^2 per block (fixed grid), then over the blocks

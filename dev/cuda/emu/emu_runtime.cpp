@@ -270,5 +270,31 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t ta, c
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// strided batch with typed operands (Newton-Schulz in bf16): cuBLAS's table for CUBLAS_COMPUTE_32F as the backend
+// uses it -- A and B both bf16 with C bf16 or fp32, or all fp32 -- and every pointer aligned to its element
+long emu_gemm_strided_ex_calls = 0;
+static size_t el_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void* alpha, const void* A, cudaDataType_t At, int lda,
+                                          long long strideA, const void* B, cudaDataType_t Bt, int ldb,
+                                          long long strideB, const void* beta, void* C, cudaDataType_t Ct, int ldc,
+                                          long long strideC, int batch, cublasComputeType_t ct, cublasGemmAlgo_t) {
+    if (ct != CUBLAS_COMPUTE_32F || At != Bt) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (At == CUDA_R_32F && Ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (batch < 0 || strideA < 0 || strideB < 0 || strideC < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (((uintptr_t)A % el_bytes(At)) || ((uintptr_t)B % el_bytes(Bt)) || ((uintptr_t)C % el_bytes(Ct))) {
+        fprintf(stderr, "emu GemmStridedBatchedEx: a pointer not aligned to its element\n");
+        abort();
+    }
+    emu_gemm_strided_ex_calls++;
+    for (int i = 0; i < batch; i++) {
+        cublasStatus_t st = gemm1(ta, tb, m, n, k, *(const float*)alpha, (const char*)A + i * strideA * el_bytes(At),
+                                  At, lda, (const char*)B + i * strideB * el_bytes(Bt), Bt, ldb, *(const float*)beta,
+                                  (char*)C + i * strideC * el_bytes(Ct), Ct, ldc);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 struct EmuReport { ~EmuReport() { fflush(stdout); fprintf(stderr, "emu: %ld kernel launches, %ld cublasGemmEx, %ld grouped GEMM, %ld SgemmStridedBatched calls\n",
                                               emu_launches, emu_gemm_calls, emu_grouped_calls, emu_sgemm_batched_calls); } } emu_report;

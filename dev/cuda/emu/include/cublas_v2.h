@@ -26,3 +26,8 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_
                                           const void* const B[], cudaDataType_t Bt, const int ldb[], const void* beta,
                                           void* const C[], cudaDataType_t Ct, const int ldc[], int group_count,
                                           const int group_size[], cublasComputeType_t);
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void* alpha, const void* A, cudaDataType_t At, int lda,
+                                          long long strideA, const void* B, cudaDataType_t Bt, int ldb,
+                                          long long strideB, const void* beta, void* C, cudaDataType_t Ct, int ldc,
+                                          long long strideC, int batch, cublasComputeType_t, cublasGemmAlgo_t);
