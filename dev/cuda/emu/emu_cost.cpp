@@ -106,7 +106,7 @@ static void record(const std::string& name, int unit, double flops, double work,
         s.seconds[i] += secs[i];
     }
     if (category_now) {
-        bool ns = name.rfind("ns_", 0) == 0 || name == "cublasSgemmStridedBatched";
+        bool ns = name.rfind("ns_", 0) == 0 || name == "cublasSgemmStridedBatched" || name == "cublasGemmStridedBatchedEx";
         auto& c = category_seconds()[ns ? "newton_schulz" : category_now()];
         c.first += secs[0];
         c.second += secs[1];
@@ -224,6 +224,10 @@ static const KernelRule kernel_rules[] = {
     // ---- dev/cuda/emu/wmma_test.cpp (the emulator's own check): (C, A, B, C0, M, N, K, ...) and the 16x16x16 one
     RULE(wmma_gemm_kernel, TENSOR, 0, 2 * a[4] * a[5] * a[6], BF * (a[4] + a[5]) * a[6] + 2 * F4 * a[4] * a[5])
     RULE(wmma_layout_assuming_kernel, TENSOR, 0, 2 * 16 * 16 * 16, BF * 2 * 256 + F4 * 256)
+    // (out, A, B, offsets, P, Q), E = grid.z: the same on tensor cores (WMMA), the default
+    RULE(expert_dw_wmma_kernel, TENSOR, 0, 2 * routed_rows(a.p(3), a.g.z) * a[4] * a[5],
+         BF * routed_rows(a.p(3), a.g.z) * (a[4] + a[5]) + 2 * F4 * nonempty_experts(a.p(3), a.g.z) * a[4] * a[5])
+    RULE(offsets_check_kernel, MEMORY, 0, a[3], 2 * F4 * a[3])                          // (stale, offsets, snap, n)
     // ---- ops_cuda.cu
     RULE(f32_to_bf16_kernel, MEMORY, 0, a[2], (F4 + BF) * a[2])                        // (out, in, n)
     RULE(bf16_to_f32_kernel, MEMORY, 0, a[2], (F4 + BF) * a[2])
@@ -234,6 +238,8 @@ static const KernelRule kernel_rules[] = {
     RULE(muon_momentum_kernel, MEMORY, 0, 4 * a[3], 4 * F4 * a[3])                     // (m, u, g, n, mu, scale)
     RULE(ns_inv_norm_kernel, MEMORY, 0, 2 * a.g.x * a[2], F4 * a.g.x * a[2])           // (inv, x, nm), cnt = grid.x
     RULE(ns_load_kernel, MEMORY, 0, a[3] * a[4] * a[5], 2 * F4 * a[3] * a[4] * a[5])  // (X, x, inv, cnt, rows, cols, tr)
+    RULE(ns_load_bf16_kernel, MEMORY, 0, a[3] * a[4] * a[5], (F4 + BF) * a[3] * a[4] * a[5])  // (X, x, inv, cnt, rows, cols, tr)
+    RULE(ns_widen_kernel, MEMORY, 0, 0, (BF + F4) * a[2])                              // (out, in, n)
     RULE(ns_store_kernel, MEMORY, 0, 0, 2 * F4 * a[2] * a[3] * a[4])                  // (x, X, cnt, rows, cols, tr)
     RULE(muon_update_kernel, MEMORY, 0, 4 * a[3], 3 * F4 * a[3])                       // (part, p, o, n, lr, scale, decay)
     RULE(scale_kernel, MEMORY, 0, a[1], 2 * F4 * a[1])                                 // (w, n, factor)

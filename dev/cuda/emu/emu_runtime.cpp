@@ -287,6 +287,8 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
         abort();
     }
     emu_gemm_strided_ex_calls++;
+    emu_cost_gemm("cublasGemmStridedBatchedEx", At == CUDA_R_16BF, 1, &m, &n, &k, &batch, (int)el_bytes(At),
+                  (int)el_bytes(Ct), *(const float*)beta != 0.0f);
     for (int i = 0; i < batch; i++) {
         cublasStatus_t st = gemm1(ta, tb, m, n, k, *(const float*)alpha, (const char*)A + i * strideA * el_bytes(At),
                                   At, lda, (const char*)B + i * strideB * el_bytes(Bt), Bt, ldb, *(const float*)beta,
