@@ -1,5 +1,5 @@
 // tests/test_cuda_sdpa.c: the cuDNN attention path (model/cuda/sdpa_cudnn.h) against our kernels and the CPU twin.
-//   maxlogit   our exact max-logit kernel (attention_aux.cu) vs the CPU twin's maxlogit and our attention kernel's;
+//   maxlogit   our exact max logit (cuda_attn_maxlogit, attention.cu, through cuda_attention_maxlogit) vs the CPU twin's maxlogit and our attention kernel's;
 //              the running max kept; the bound maxlogit <= max lse <= maxlogit + log T; deterministic
 //   k / dk     K = [k_nope | k_rope] materialised, and dK split back into dkv and da: exact (bit copies, and the
 //              rope-key sum over heads in order)

@@ -44,7 +44,9 @@ done
     echo "+ 4 us per launch or library call, + 10 us per stream synchronisation, host copies at 25 GB/s. Peaks 989"
     echo "TFLOP/s dense bf16 (tensor), 67 TFLOP/s fp32 FMA, 3.35 TB/s (H100 SXM) / 4.8 TB/s (H200), 132 SMs. cuBLAS at"
     echo "70% of the unit's peak after 128x128-tile wave quantisation; our own kernels at 100% of their unit's peak and"
-    echo "of the bandwidth (a stated best case). MFU = the trainer's model FLOPs per token x tokens/s / 989 TFLOP/s."
+    echo "of the bandwidth (a stated best case), except our tensor-core (WMMA) kernels, where they exist, at 20% of the"
+    echo "bf16 peak (shared-memory bound: dev/results/attention_tc_2026-12-03.md). MFU = the trainer's model FLOPs per"
+    echo "token x tokens/s / 989 TFLOP/s."
     echo
     for m in $MODELS; do
         echo "## $m"

@@ -57,7 +57,8 @@ void cuda_sdpa_build_k(void* kmat, const void* kv, const void* a, MlaShape shape
 // (fp32 sum, one rounding to bf16); the rest of dkv and da untouched
 void cuda_sdpa_split_dk(void* dkv, void* da, const void* dkmat, MlaShape shape);
 // maxlogit[h] = max(maxlogit[h], max over b and causal (i >= j) of scale * q_i . k_j), scale = 1/sqrt(dqk):
-// the exact maximum (every causal logit computed in fp32 from the bf16 inputs), not an estimate
+// the exact maximum (every causal logit computed in fp32 from the bf16 inputs), not an estimate; attention.cu's
+// cuda_attn_maxlogit (the forward's own tiles) under this file's shape struct
 void cuda_attention_maxlogit(float* maxlogit, const void* q, const void* kv, const void* a, MlaShape shape);
 
 #ifdef __cplusplus
