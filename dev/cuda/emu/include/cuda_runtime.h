@@ -38,16 +38,25 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 static inline const char* cudaGetErrorName(cudaError_t) { return "emu"; }
 static inline const char* cudaGetErrorString(cudaError_t) { return "emu"; }
 static inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
-// device memory 256-byte aligned, as cudaMalloc's is (wmma's loads and stores check 32-byte alignment)
+// device memory 256-byte aligned, as cudaMalloc's is (wmma's loads and stores check 32-byte alignment), zeroed by
+// calloc so that untouched pages of a large allocation stay unmapped (a count-only k2-small step allocates tens of
+// GB it never reads); the block's own pointer sits just below the aligned one, for cudaFree
 static inline void* emu_device_alloc(size_t n) {
-    size_t bytes = (n + 64 + 255) & ~(size_t)255;
-    void* p = aligned_alloc(256, bytes);
-    if (p) memset(p, 0, bytes);
+    unsigned char* raw = (unsigned char*)calloc(1, n + 64 + 256 + sizeof(void*));
+    if (!raw) return NULL;
+    unsigned char* p = (unsigned char*)(((uintptr_t)raw + sizeof(void*) + 255) & ~(uintptr_t)255);
+    memcpy(p - sizeof(void*), &raw, sizeof(void*));
     return p;
+}
+static inline void emu_device_free(void* p) {
+    if (!p) return;
+    void* raw;
+    memcpy(&raw, (unsigned char*)p - sizeof(void*), sizeof(void*));
+    free(raw);
 }
 static inline cudaError_t cudaMalloc(void** p, size_t n) { *p = emu_device_alloc(n); return cudaSuccess; }
 template <class T> static inline cudaError_t cudaMalloc(T** p, size_t n) { *p = (T*)emu_device_alloc(n); return cudaSuccess; }
-static inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaFree(void* p) { emu_device_free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void** p, size_t n) { *p = calloc(1, n + 64); return cudaSuccess; }
 static inline cudaError_t cudaFreeHost(void* p) { free(p); return cudaSuccess; }
 // copies, memsets and synchronisations are counted (emu_cost.cpp); under EMU_COUNT_ONLY large ones move no data
