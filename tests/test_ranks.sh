@@ -60,6 +60,7 @@ while read -r flag value; do
 done <<'TABLE'
 --model k2-l2
 --device cpu
+--attention own
 --train-data data/train_?.bin
 --val-data data/val_?.bin
 --tokenizer other.bin
@@ -82,6 +83,7 @@ done <<'TABLE'
 --grad-clip 0.5
 --muon-momentum 0.9
 --ns polar
+--muon-ns fp32
 --muon-router 0
 --adamw-lr-scale 0.5
 --qk-clip-tau 50
